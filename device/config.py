@@ -1,0 +1,181 @@
+"""The device's one configuration file (`$EXPLORER_HOME/config.toml`), typed and validated.
+
+Defaults live on the fields; the file overrides them; command-line flags override the file
+(`Settings.with_overrides`). An invalid value is refused at start with `ConfigError`,
+naming the file, the key and the reason. Runtime-only values never live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value the device refuses: names the file, key and reason."""
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    id: str = "explorer-dev"
+    """Stable id of this device; stamped on every detection and sync message."""
+    site: str = "El Silencio Natural Reserve"
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    microphone: str = "default"
+    """Input device by name (a substring match) or index; `default` is the system default."""
+    hop_s: float = 2.5
+    """Live hop between window starts. Below the window length windows overlap, which
+    recovers calls cut at window edges; files analysed with `explorer analyze` use 5 s."""
+    queue_windows: int = 8
+    """Windows waiting for inference before the oldest is dropped (and counted)."""
+    reconnect_max_s: float = 30.0
+    """Longest wait between attempts to reopen a microphone that disappeared."""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    threads: int = 0
+    """Total onnxruntime threads across branches; 0 uses each branch's manifest hint."""
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Per-label overrides of the bundle's thresholds, by primary_label."""
+    min_threshold: float = 0.0
+    """A floor under every threshold (raise it to make the device quieter)."""
+    merge_gap_windows: int = 0
+    """Windows without the label an event may span before it closes."""
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    enabled: bool = True
+    budget_mb: float = 512.0
+    """Disk the clips may use; past it the oldest are deleted (never their detections)."""
+    keep_per_species: int = 3
+    """Clips per label that retention never deletes."""
+    max_clip_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    tls: bool = False
+    username: str = ""
+    password: str = field(default="", repr=False)
+    topic_prefix: str = "elsilencio"
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: DeviceSettings = field(default_factory=DeviceSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    clips: ClipSettings = field(default_factory=ClipSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+
+    def with_overrides(self, **sections: dict[str, Any]) -> "Settings":
+        """A copy with flag values applied, e.g. `with_overrides(audio={"hop_s": 5.0})`;
+        None values are ignored (an unset flag)."""
+        changed = {}
+        for name, values in sections.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if values:
+                section = getattr(self, name)
+                changed[name] = _build_section(type(section), {**dataclasses.asdict(section), **values}, "flags", name)
+        return dataclasses.replace(self, **changed)
+
+
+def _check_number(value: Any, where: str, low: float | None = None, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    if low is not None and value < low:
+        raise ConfigError(f"{where}: {value} is below the minimum {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{where}: {value} is above the maximum {high}")
+
+
+# Per-area validation: (section, key) -> check(value, where)
+_RULES = {
+    ("device", "latitude"): lambda v, w: v is None or _check_number(v, w, -90, 90),
+    ("device", "longitude"): lambda v, w: v is None or _check_number(v, w, -180, 180),
+    ("audio", "hop_s"): lambda v, w: _check_number(v, w, 0.25, 60),
+    ("audio", "queue_windows"): lambda v, w: _check_number(v, w, 1, 10_000),
+    ("audio", "reconnect_max_s"): lambda v, w: _check_number(v, w, 0.1, 3600),
+    ("inference", "threads"): lambda v, w: _check_number(v, w, 0, 64),
+    ("detection", "min_threshold"): lambda v, w: _check_number(v, w, 0, 1),
+    ("detection", "merge_gap_windows"): lambda v, w: _check_number(v, w, 0, 100),
+    ("clips", "budget_mb"): lambda v, w: _check_number(v, w, 0),
+    ("clips", "keep_per_species"): lambda v, w: _check_number(v, w, 0, 10_000),
+    ("clips", "max_clip_s"): lambda v, w: _check_number(v, w, 1, 300),
+    ("sync", "port"): lambda v, w: _check_number(v, w, 1, 65535),
+}
+
+
+def _check_thresholds(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of label = threshold")
+    for label, threshold in value.items():
+        _check_number(threshold, f"{where}.{label}", 0, 1)
+
+
+def _build_section(cls: type, values: dict[str, Any], source: str, section: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        where = f"{source}: [{section}] {key}"
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(fields)})")
+        default = fields[key].default
+        if default is not dataclasses.MISSING and default is not None:
+            expected = type(default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                values[key] = value = float(value)
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+                raise ConfigError(f"{where}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        if (section, key) in _RULES:
+            _RULES[(section, key)](value, where)
+    if section == "detection" and "thresholds" in values:
+        _check_thresholds(values["thresholds"], f"{source}: [detection] thresholds")
+    if section == "device" and "id" in values and not str(values["id"]).strip():
+        raise ConfigError(f"{source}: [device] id: empty")
+    return cls(**values)
+
+
+def parse_settings(raw: dict[str, Any], source: str) -> Settings:
+    """Build `Settings` from a decoded TOML document, refusing unknown or invalid values."""
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: [{name}]: unknown section (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}]: expected a table")
+        built[name] = _build_section(sections[name].default_factory().__class__, dict(values), source, name)
+    return Settings(**built)
+
+
+def load_settings(path: Path) -> Settings:
+    """The settings in `path`, or the defaults when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_settings(raw, str(path))

@@ -1,0 +1,135 @@
+"""The domain objects that flow through the device pipeline.
+
+One object per concept (see ARCHITECTURE.md): a `Window` of audio, the `Prediction`
+the engine makes for it, and the `Detection` event that merges consecutive windows.
+Database rows (device/store) and MQTT payloads (device/sync/payload.py) are built from
+these by explicit functions at the edges, never by serialising them wholesale.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 UTC text with millisecond precision and a trailing Z (the `_on` column format)."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso_utc(text: str) -> datetime:
+    """Parse what `iso_utc` writes (and any ISO-8601 text with an offset) into aware UTC."""
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of mono audio cut from a source, at the source's native sample rate."""
+
+    samples: np.ndarray
+    """float32 mono samples in [-1, 1]; zero-padded when the source ended early."""
+    sample_rate_hz: int
+    """The rate `samples` is at (the source's native rate, before per-branch resampling)."""
+    start_s: float
+    """Offset of the first sample from the start of the source, in seconds."""
+    started_on: datetime
+    """Wall-clock UTC time of the first sample."""
+    source: str
+    """What the audio came from: a file path, or `mic:<device name>`."""
+    valid_samples: int = -1
+    """How many samples are real audio (the rest is padding); -1 means all of them."""
+    index: int = 0
+    """Sequence number of the window within its source."""
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate_hz
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    @property
+    def ended_on(self) -> datetime:
+        return self.started_on + timedelta(seconds=self.duration_s)
+
+    @property
+    def real_samples(self) -> int:
+        return len(self.samples) if self.valid_samples < 0 else self.valid_samples
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The engine's output for one window: fused scores plus what each branch said."""
+
+    window: Window
+    labels: tuple[str, ...]
+    """primary_label of each score, in bundle manifest order."""
+    scores: np.ndarray
+    """Fused probability per label, float32 in [0, 1]."""
+    branch_scores: dict[str, np.ndarray]
+    """Per-branch probabilities over the bundle's labels (NaN where a branch does not score a label)."""
+    inference_s: float = 0.0
+    """Wall time the engine spent on this window (all branches and fusion)."""
+    mel: np.ndarray | None = None
+    """The log-mel the first mel-producing branch saw ([frames, bands], dB), for display."""
+    embedding: np.ndarray | None = None
+
+
+@dataclass
+class Detection:
+    """One detection event: consecutive windows in which the same label was heard.
+
+    Mutable while the event is open: `extend` merges each further window into it.
+    """
+
+    label: str
+    started_on: datetime
+    ended_on: datetime
+    confidence: float
+    """Peak fused score over the event's windows."""
+    branch_scores: dict[str, float]
+    """Each branch's score for `label` in the peak window (NaN when the branch does not score it)."""
+    bundle_name: str
+    bundle_version: str
+    bundle_sha256: str
+    device_id: str
+    tour_id: str | None = None
+    source: str = ""
+    start_s: float = 0.0
+    """Offset of the event's start within its source, in seconds."""
+    end_s: float = 0.0
+    window_count: int = 1
+    detection_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    secondary: bool = False
+    """True when the label was over its threshold but was not the window's top label."""
+    peak_start_s: float = 0.0
+    """Offset of the peak window's start within the source (the clip is cut around it)."""
+
+    def extend(
+        self, prediction: Prediction, score: float, branch_scores: dict[str, float], secondary: bool
+    ) -> None:
+        """Merge one more window in which this label was heard."""
+        window = prediction.window
+        self.ended_on = max(self.ended_on, window.ended_on)
+        self.end_s = max(self.end_s, window.end_s)
+        self.window_count += 1
+        if score > self.confidence:
+            self.confidence = score
+            self.branch_scores = branch_scores
+            self.peak_start_s = window.start_s
+        # An event is secondary only if the label never topped a window.
+        self.secondary = self.secondary and secondary
