@@ -23,6 +23,10 @@ Schema version 1 (JSON):
                      | {kind: "onnx", file, sha256, inputs [{branch, output}], output,
                         required_branches[]}
     thresholds       {default, per_label {primary_label: threshold}}
+
+`outputs.scores.activation` is what the DEVICE applies to that output to get probabilities:
+"sigmoid" (the graph outputs logits), "softmax" (logits of mutually exclusive labels) or
+"none" (the graph already outputs probabilities in [0, 1]).
 """
 
 from __future__ import annotations

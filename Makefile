@@ -1,0 +1,41 @@
+# The README's two-command quick start: `make demo` runs the device, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXAMPLE ?= examples/H02_20230420_074000.ogg
+APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils mosquitto ffmpeg
+
+.PHONY: demo test setup system-deps bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[device,export,dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+## Debian packages the device and the tests use (PortAudio, PulseAudio for the virtual microphone, Mosquitto).
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing: $$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+## Run the device on a real El Silencio soundscape kept in the repository, with the default model.
+demo: system-deps setup
+	@$(BIN)/explorer bundle path >/dev/null 2>&1 || $(BIN)/explorer export demo-bundle
+	$(BIN)/explorer run --source $(EXAMPLE) --headless
+
+## The whole test suite, with the services it needs (PulseAudio virtual microphone).
+test: system-deps setup
+	.ci/pulse-mic.sh
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

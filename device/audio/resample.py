@@ -1,0 +1,51 @@
+"""Rate conversion from a source's native rate to the rate a model branch expects.
+
+Polyphase filtering (`scipy.signal.resample_poly`) is exact for rational ratios, needs no
+FFT of the whole signal (so its cost grows linearly with the window), and has no edge
+wrap-around, unlike `scipy.signal.resample`. Windows are resampled one by one, so the same
+few rate pairs recur thousands of times: the reduced ratio is cached.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from math import gcd
+
+import numpy as np
+from scipy.signal import resample_poly
+
+
+@lru_cache(maxsize=64)
+def ratio(from_hz: int, to_hz: int) -> tuple[int, int]:
+    """The (up, down) factors that turn `from_hz` into `to_hz`, reduced by their gcd.
+
+    E.g. 44100 -> 32000 is (320, 441); 48000 -> 32000 is (2, 3).
+    """
+    if from_hz <= 0 or to_hz <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_hz} -> {to_hz}")
+    common = gcd(int(from_hz), int(to_hz))
+    return int(to_hz) // common, int(from_hz) // common
+
+
+def resampled_length(n: int, from_hz: int, to_hz: int) -> int:
+    """How many samples `resample` returns for `n` input samples (ceil(n * up / down))."""
+    up, down = ratio(from_hz, to_hz)
+    return -(-n * up // down)
+
+
+def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """`samples` (1-D) at `to_hz`, as float32; no copy when the rates are equal and it is float32.
+
+    Args:
+        samples: Mono audio at `from_hz`.
+        from_hz: Its rate.
+        to_hz: The rate wanted.
+
+    Returns:
+        float32 samples, `resampled_length(len(samples), from_hz, to_hz)` of them.
+    """
+    if from_hz == to_hz:
+        return np.asarray(samples, dtype=np.float32)
+    up, down = ratio(from_hz, to_hz)
+    out = resample_poly(samples, up, down)
+    return out.astype(np.float32, copy=False)

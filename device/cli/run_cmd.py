@@ -1,0 +1,141 @@
+"""`explorer run`: the live device (headless here; the TUI when attached to a terminal)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from device.cli.common import home_of, settings_of
+
+log = logging.getLogger("explorer")
+
+STATUS_EVERY_S = 30.0
+"""How often a headless live run logs its status line (RTF, drops, detections)."""
+
+
+def configure_logging(home, verbose: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        handlers.append(logging.FileHandler(home.logs / "explorer.log", encoding="utf-8"))
+    except OSError:
+        pass  # a full or read-only card must not stop the device
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def print_detection(detection) -> None:
+    when = detection.started_on.strftime("%H:%M:%S")
+    kind = "also" if detection.secondary else "heard"
+    click.echo(
+        f"{when} {kind} {detection.label:>10}  {detection.confidence:.2f}  "
+        f"{detection.start_s:7.1f}-{detection.end_s:.1f} s  ({detection.window_count} windows)"
+    )
+
+
+def print_summary(store, tour_id: str) -> None:
+    from device.store.summary import format_summary
+
+    click.echo(format_summary(store.tour_summary([tour_id])))
+
+
+@click.command()
+@click.option("--source", default="mic", show_default=True, help="mic, a microphone name or index, an audio FILE, or a DIR to watch.")
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), help="Bundle directory (default: the active one).")
+@click.option("--headless", is_flag=True, help="No screen: log detections to stdout (the default without a terminal).")
+@click.option("--realtime", is_flag=True, help="Pace a FILE as if it were live (drops and latency as on the trail).")
+@click.option("--hop", "hop_s", type=float, help="Seconds between window starts (config: [audio] hop_s).")
+@click.option("--threads", type=int, help="onnxruntime threads in all (config: [inference] threads).")
+@click.option("--device-id", help="This device's id (config: [device] id).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="With a DIR source: where result CSVs go.")
+@click.option("--once", is_flag=True, help="With a DIR source: analyse what is there, then exit.")
+@click.option("--verbose", is_flag=True)
+@click.pass_context
+def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, out_dir, once, verbose) -> None:
+    """Listen and name who is calling: detections go to the local log, with clips.
+
+    A FILE source runs until the recording ends, then prints the tour summary. A live source
+    runs until Ctrl-C. A tour is started when none is active, and stopped on exit.
+
+    Example:
+
+        explorer run --source examples/H02_20230420_074000.ogg --headless
+    """
+    from device.bundle.manifest import BundleError
+    from device.config import ConfigError
+    from device.engine.loader import load_engine
+
+    home = home_of(ctx)
+    configure_logging(home, verbose)
+    try:
+        settings = settings_of(ctx).with_overrides(
+            audio={"hop_s": hop_s}, inference={"threads": threads}, device={"id": device_id}
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not headless and sys.stdout.isatty():
+        log.info("the guide's screen is not built yet; running headless")
+    try:
+        engine = load_engine(home, bundle_dir, settings.inference.threads)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+    if Path(source).is_dir():
+        from device.watch_runner import run_watch_folder
+
+        run_watch_folder(home, settings, engine, Path(source), Path(out_dir) if out_dir else home.watch_output, once)
+        return
+    run_headless(home, settings, engine, source, realtime)
+
+
+def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> None:
+    from device.audio.types import AudioError
+    from device.session import DeviceSession, open_source
+
+    try:
+        source, live = open_source(source_spec, settings, realtime)
+    except AudioError as exc:
+        raise click.ClickException(str(exc)) from None
+    session = DeviceSession(home, settings, engine)
+    tour_id = session.ensure_tour()
+    pipeline = session.start(source, live, tour_id, on_detection=print_detection)
+    manifest = engine.manifest
+    log.info("listening to %s with %s %s (%d labels)", source.name, manifest.name, manifest.version, len(engine.labels))
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("stopping (signal %d): flushing the pipeline", signum)
+        stopping.set()
+        pipeline.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not pipeline.wait(timeout=STATUS_EVERY_S if live else 1.0):
+            if live:
+                s = pipeline.status()
+                log.info(
+                    "%s: %d windows, RTF %.2f, %d dropped, %d detections",
+                    s.source_state, s.windows_inferred, s.rtf, s.windows_dropped, s.detections_closed,
+                )
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    status = pipeline.status()
+    session.finish()
+    from device.store import Store
+
+    with Store.open(home.database) as store:
+        print_summary(store, tour_id)
+    click.echo(
+        f"{status.windows_inferred} windows, {status.audio_s:.0f} s of audio, RTF {status.rtf:.3f}, "
+        f"{status.windows_dropped} dropped, {status.detections_closed} detections, {status.clips_written} clips"
+    )
+    if status.error:
+        raise click.ClickException(status.error)

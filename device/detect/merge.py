@@ -1,0 +1,104 @@
+"""Merging consecutive windows with the same label into one detection event.
+
+An event opens in the first window a label is heard, is extended by every following window
+that hears it again (overlapping windows included), and closes after `gap_windows` further
+windows without it, or when the source ends. The caller stores an event when it opens (so
+sound-to-log latency stays one window), updates it as it grows, and finalises it on close.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from device.detect.decide import Heard
+from device.domain import Detection, Prediction
+
+
+@dataclass
+class OpenEvent:
+    detection: Detection
+    peak_audio: np.ndarray
+    """The native-rate audio of the peak window: what the clip keeps."""
+    peak_rate_hz: int
+    misses: int = 0
+
+
+@dataclass
+class MergeResult:
+    opened: list[OpenEvent] = field(default_factory=list)
+    extended: list[OpenEvent] = field(default_factory=list)
+    closed: list[OpenEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventStamp:
+    """What every detection of a run carries besides what the audio says."""
+
+    device_id: str
+    bundle_name: str
+    bundle_version: str
+    bundle_sha256: str
+    tour_id: str | None = None
+
+
+class EventMerger:
+    def __init__(self, stamp: EventStamp, gap_windows: int = 0):
+        self.stamp = stamp
+        self.gap_windows = gap_windows
+        self.open: dict[str, OpenEvent] = {}
+
+    def _branch_scores(self, prediction: Prediction, index: int) -> dict[str, float]:
+        return {name: float(scores[index]) for name, scores in prediction.branch_scores.items()}
+
+    def _new(self, prediction: Prediction, heard: Heard) -> OpenEvent:
+        window = prediction.window
+        detection = Detection(
+            label=heard.label,
+            started_on=window.started_on,
+            ended_on=window.ended_on,
+            confidence=heard.score,
+            branch_scores=self._branch_scores(prediction, heard.index),
+            bundle_name=self.stamp.bundle_name,
+            bundle_version=self.stamp.bundle_version,
+            bundle_sha256=self.stamp.bundle_sha256,
+            device_id=self.stamp.device_id,
+            tour_id=self.stamp.tour_id,
+            source=window.source,
+            start_s=window.start_s,
+            end_s=window.end_s,
+            secondary=not heard.primary,
+            peak_start_s=window.start_s,
+        )
+        return OpenEvent(detection, window.samples, window.sample_rate_hz)
+
+    def push(self, prediction: Prediction, heard: list[Heard]) -> MergeResult:
+        result = MergeResult()
+        heard_now = {h.label: h for h in heard}
+        for label in list(self.open):
+            if label in heard_now:
+                continue
+            event = self.open[label]
+            event.misses += 1
+            if event.misses > self.gap_windows:
+                result.closed.append(self.open.pop(label))
+        for label, h in heard_now.items():
+            event = self.open.get(label)
+            if event is None:
+                event = self.open[label] = self._new(prediction, h)
+                result.opened.append(event)
+                continue
+            before = event.detection.confidence
+            event.detection.extend(prediction, h.score, self._branch_scores(prediction, h.index), not h.primary)
+            if event.detection.confidence > before:
+                event.peak_audio, event.peak_rate_hz = prediction.window.samples, prediction.window.sample_rate_hz
+            event.misses = 0
+            result.extended.append(event)
+        return result
+
+    def flush(self) -> list[OpenEvent]:
+        """Close every open event (the source ended or the run stops)."""
+        closed = list(self.open.values())
+        self.open.clear()
+        return closed

@@ -1,0 +1,164 @@
+"""The engine: every branch of a verified bundle on one window, fused into one score per label.
+
+How windows of different lengths line up (documented here because the fusion depends on it):
+the device cuts analysis windows (5 s by default) at the source's native rate. Each branch
+gets the window resampled to its own rate (once per distinct rate). A branch whose own
+window is shorter than the analysis window (BirdNET takes 3 s at 48 kHz) is run on evenly
+spaced crops that cover the whole analysis window (5 s -> crops at 0-3 s and 2-5 s) and its
+scores are max-pooled over the crops, so a call anywhere in the 5 s counts; its embedding is
+the mean over crops. A branch whose window is longer gets the analysis window zero-padded.
+Fusion then sees one score vector per branch per analysis window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from device.audio.resample import resample
+from device.bundle.manifest import Branch, BundleError
+from device.bundle.verify import VerifiedBundle
+from device.domain import Prediction, Window
+from device.engine.session import BranchOutput, BranchSession, open_session
+
+log = logging.getLogger(__name__)
+
+
+def crop_starts(length: int, window: int) -> list[int]:
+    """Start offsets of the fewest evenly spaced `window`-long crops that cover `length` samples."""
+    if length <= window:
+        return [0]
+    count = math.ceil(length / window)
+    return [round(i * (length - window) / (count - 1)) for i in range(count)]
+
+
+def make_crops(samples: np.ndarray, window: int) -> np.ndarray:
+    """`[crops, window]` float32: zero-padded when short, evenly spaced crops when long."""
+    if len(samples) <= window:
+        out = np.zeros((1, window), dtype=np.float32)
+        out[0, : len(samples)] = samples
+        return out
+    return np.stack([samples[s : s + window] for s in crop_starts(len(samples), window)]).astype(np.float32)
+
+
+def split_threads(branches: tuple[Branch, ...], total: int) -> dict[str, int]:
+    """Share a total thread budget among branches in proportion to their manifest hints.
+
+    With `total == 0` each branch gets its own hint.
+    """
+    hints = {b.name: b.threads for b in branches}
+    if total <= 0:
+        return hints
+    weight = sum(hints.values())
+    return {name: max(1, round(total * hint / weight)) for name, hint in hints.items()}
+
+
+@dataclass
+class EngineCounters:
+    windows: int = 0
+    branch_failures: int = 0
+    nonfinite_scores: int = 0
+
+
+class Engine:
+    """Runs a verified bundle. Not thread-safe: one inference worker owns it."""
+
+    def __init__(self, bundle: VerifiedBundle, threads: int = 0):
+        self.bundle = bundle
+        self.manifest = manifest = bundle.manifest
+        self.labels = manifest.label_ids
+        self.counters = EngineCounters()
+        budget = split_threads(manifest.branches, threads)
+        self.sessions: dict[str, BranchSession] = {}
+        for branch in manifest.branches:
+            try:
+                self.sessions[branch.name] = BranchSession(bundle.path, branch, budget[branch.name])
+            except BundleError:
+                if branch.name in manifest.fusion.required_branches:
+                    raise
+                log.exception("optional branch %s failed to load; running without it", branch.name)
+        index = {label: i for i, label in enumerate(self.labels)}
+        self._label_index = {
+            name: np.array([index[label] for label in s.branch.score_labels]) for name, s in self.sessions.items()
+        }
+        self._fusion = None
+        if manifest.fusion.kind == "onnx":
+            self._fusion = open_session(bundle.path / manifest.fusion.file, 1, "fusion")
+            self._fusion_inputs = [i.name for i in self._fusion.get_inputs()]
+            if len(self._fusion_inputs) != len(manifest.fusion.inputs):
+                raise BundleError(
+                    f"fusion: the graph takes {len(self._fusion_inputs)} inputs, the manifest lists "
+                    f"{len(manifest.fusion.inputs)}"
+                )
+        self._mel_branch = next((b.name for b in manifest.branches if b.mel_output and b.name in self.sessions), None)
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        return tuple(self.sessions)
+
+    def _run_branch(self, session: BranchSession, per_rate: dict[int, np.ndarray]) -> BranchOutput:
+        crops = make_crops(per_rate[session.branch.input.sample_rate_hz], session.branch.input.window_samples)
+        output = session.run(crops)
+        if not np.isfinite(output.scores).all():
+            self.counters.nonfinite_scores += 1
+            output.scores = np.nan_to_num(output.scores, nan=0.0, posinf=1.0, neginf=0.0)
+        return output
+
+    def _fuse(self, outputs: dict[str, BranchOutput], spread: np.ndarray) -> np.ndarray:
+        fusion = self.manifest.fusion
+        if self._fusion is not None:
+            feeds = {}
+            for name, (branch, kind) in zip(self._fusion_inputs, fusion.inputs):
+                out = outputs[branch]
+                value = out.scores.max(axis=0) if kind == "scores" else np.asarray(out.embedding).mean(axis=0)
+                feeds[name] = value.reshape(1, -1).astype(np.float32)
+            fused = self._fusion.run([fusion.output], feeds)[0].reshape(-1)
+            return np.clip(np.nan_to_num(fused, nan=0.0), 0.0, 1.0).astype(np.float32)
+        with np.errstate(all="ignore"):
+            if fusion.rule == "max":
+                fused = np.nanmax(np.where(np.isnan(spread), -np.inf, spread), axis=0)
+                fused[np.isinf(fused)] = 0.0
+            else:
+                fused = np.nan_to_num(np.nanmean(spread, axis=0), nan=0.0)
+        return fused.astype(np.float32)
+
+    def predict(self, window: Window) -> Prediction:
+        """Scores for one analysis window (any native rate, any length)."""
+        started = time.perf_counter()
+        per_rate = {
+            rate: resample(window.samples, window.sample_rate_hz, rate)
+            for rate in {s.branch.input.sample_rate_hz for s in self.sessions.values()}
+        }
+        outputs: dict[str, BranchOutput] = {}
+        for name, session in self.sessions.items():
+            try:
+                outputs[name] = self._run_branch(session, per_rate)
+            except Exception:
+                self.counters.branch_failures += 1
+                if name in self.manifest.fusion.required_branches:
+                    raise
+                log.exception("optional branch %s failed on window %d; fusing without it", name, window.index)
+        spread = np.full((len(outputs), len(self.labels)), np.nan, dtype=np.float32)
+        branch_scores = {}
+        for row, (name, out) in enumerate(outputs.items()):
+            spread[row, self._label_index[name]] = out.scores.max(axis=0)
+            branch_scores[name] = spread[row]
+        fused = self._fuse(outputs, spread)
+        mel = None
+        if self._mel_branch in outputs and outputs[self._mel_branch].mel is not None:
+            mel = np.asarray(outputs[self._mel_branch].mel)[0]
+        embedding = next((np.asarray(o.embedding).mean(axis=0) for o in outputs.values() if o.embedding is not None), None)
+        self.counters.windows += 1
+        return Prediction(
+            window=window,
+            labels=self.labels,
+            scores=fused,
+            branch_scores=branch_scores,
+            inference_s=time.perf_counter() - started,
+            mel=mel,
+            embedding=embedding,
+        )

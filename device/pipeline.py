@@ -1,0 +1,324 @@
+"""The live pipeline: source -> windows -> engine -> detections -> SQLite, on three threads.
+
+    capture thread   reads the source, cuts windows, puts them on a bounded queue. Live
+                     sources never wait: when inference falls behind, the OLDEST pending
+                     window is dropped and counted. Files wait instead (backpressure).
+    inference thread runs the engine, decides labels, merges windows into events.
+    writer thread    owns the Store: commits detections (with their outbox message),
+                     writes clips and applies clip retention, off the inference path.
+
+The UI never touches these threads: it reads `status()` snapshots and drains `ui_events`,
+a bounded queue whose drops are counted separately and never cost a window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from device.audio.queue import DropOldestQueue
+from device.audio.types import AudioSource
+from device.audio.windows import Windower
+from device.config import Settings
+from device.detect.decide import Decider, thresholds_for
+from device.detect.merge import EventMerger, EventStamp, OpenEvent
+from device.domain import Detection, Prediction, Window
+from device.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_WINDOW_S = 5.0
+"""The detection timeline's window: BirdCLEF's 5 s. Branches with other windows are fed crops."""
+WRITER_QUEUE = 1024
+"""Store operations waiting for the writer; past this the inference thread waits (never drops a detection)."""
+UI_QUEUE = 256
+"""UI events kept for a slow screen; older ones are dropped (counted) so the UI never holds the pipeline."""
+LATENCY_SAMPLES = 4096
+_END = object()
+
+
+@dataclass
+class PipelineStatus:
+    """A read-only snapshot for the headless log, the TUI and the benchmarks."""
+
+    source: str = ""
+    source_state: str = "starting"
+    bundle: str = ""
+    windows_captured: int = 0
+    windows_inferred: int = 0
+    windows_dropped: int = 0
+    queue_depth: int = 0
+    audio_s: float = 0.0
+    inference_s: float = 0.0
+    rtf: float = 0.0
+    """Inference time over audio time advanced (below 1 keeps up with live audio)."""
+    last_inference_ms: float = 0.0
+    detections_opened: int = 0
+    detections_closed: int = 0
+    clips_written: int = 0
+    clip_errors: int = 0
+    store_errors: int = 0
+    ui_events_dropped: int = 0
+    tour_id: str | None = None
+    finished: bool = False
+    error: str | None = None
+
+
+@dataclass
+class UiEvent:
+    kind: str
+    """'prediction' (every window) or 'detection' (an event opened, grew or closed)."""
+    prediction: Prediction | None = None
+    detection: Detection | None = None
+    state: str = ""
+
+
+@dataclass
+class _Timed:
+    window: Window
+    emitted_at: float
+    """time.monotonic() when the window's last sample reached the pipeline."""
+
+
+@dataclass
+class _StoreOp:
+    kind: str  # open | update | close
+    event: OpenEvent
+    emitted_at: float
+    detection: Detection = field(init=False)
+
+    def __post_init__(self):
+        # Snapshot: the inference thread keeps mutating the live event.
+        self.detection = replace(self.event.detection, branch_scores=dict(self.event.detection.branch_scores))
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: Engine,
+        source: AudioSource,
+        settings: Settings,
+        database: Path,
+        clips_dir: Path,
+        live: bool,
+        tour_id: str | None = None,
+        on_detection: Callable[[Detection], None] | None = None,
+    ):
+        self.engine = engine
+        self.source = source
+        self.settings = settings
+        self.database = Path(database)
+        self.clips_dir = Path(clips_dir)
+        self.live = live
+        self.on_detection = on_detection
+        manifest = engine.manifest
+        self.decider = Decider(
+            manifest.label_ids,
+            thresholds_for(manifest, settings.detection.thresholds, settings.detection.min_threshold),
+        )
+        stamp = EventStamp(
+            device_id=settings.device.id,
+            bundle_name=manifest.name,
+            bundle_version=manifest.version,
+            bundle_sha256=engine.bundle.sha256,
+            tour_id=tour_id,
+        )
+        self.merger = EventMerger(stamp, settings.detection.merge_gap_windows)
+        self.windows = DropOldestQueue(settings.audio.queue_windows, "inference")
+        self.store_ops: DropOldestQueue = DropOldestQueue(WRITER_QUEUE, "writer")
+        self.ui_events = DropOldestQueue(UI_QUEUE, "ui")
+        self.latencies_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._status = PipelineStatus(source=source.name, bundle=f"{manifest.name} {manifest.version}", tour_id=tour_id)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- control ---------------------------------------------------------------------------
+    def start(self) -> "Pipeline":
+        for target, name in ((self._capture, "capture"), (self._infer, "inference"), (self._write, "writer")):
+            thread = threading.Thread(target=target, name=f"explorer-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stop capturing; what was captured is still analysed and committed."""
+        self._stop.set()
+        self.source.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def set_tour(self, tour_id: str | None) -> None:
+        """Detections opened from now on belong to `tour_id`."""
+        self.merger.stamp = replace(self.merger.stamp, tour_id=tour_id)
+        with self._lock:
+            self._status.tour_id = tour_id
+
+    def status(self) -> PipelineStatus:
+        with self._lock:
+            snapshot = replace(self._status)
+        queue = self.windows.snapshot()
+        snapshot.windows_dropped = queue.drops
+        snapshot.queue_depth = queue.depth
+        snapshot.ui_events_dropped = self.ui_events.snapshot().drops
+        return snapshot
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._status, key, value)
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        log.exception("%s thread failed", where)
+        self._update(error=f"{where}: {exc}")
+        self._stop.set()
+
+    # -- capture ---------------------------------------------------------------------------
+    def _capture(self) -> None:
+        windower = None
+        index = 0
+        try:
+            for block in self.source.blocks():
+                if self._stop.is_set():
+                    break
+                if windower is None:
+                    rate = block.sample_rate_hz
+                    window = round(ANALYSIS_WINDOW_S * rate)
+                    windower = Windower(rate, window, round(self.settings.audio.hop_s * rate))
+                self._update(source_state="capturing")
+                for cut in windower.push(block):
+                    self._emit(cut, index)
+                    index += 1
+            if windower is not None:
+                for cut in windower.flush():
+                    self._emit(cut, index)
+                    index += 1
+        except Exception as exc:  # the source died: analyse what we have, then stop
+            self._fail("capture", exc)
+        finally:
+            self._update(source_state="ended")
+            self.windows.put_blocking(_END, timeout=None)
+
+    def _emit(self, cut, index: int) -> None:
+        window = Window(
+            samples=cut.samples,
+            sample_rate_hz=cut.sample_rate_hz,
+            start_s=cut.start_sample / cut.sample_rate_hz,
+            started_on=cut.started_on,
+            source=self.source.name,
+            valid_samples=cut.valid_samples,
+            index=index,
+        )
+        item = _Timed(window, time.monotonic())
+        with self._lock:
+            self._status.windows_captured += 1
+        if self.live:
+            self.windows.put(item)
+        else:
+            self.windows.put_blocking(item, timeout=None)
+
+    # -- inference ---------------------------------------------------------------------------
+    def _infer(self) -> None:
+        hop_s = self.settings.audio.hop_s
+        try:
+            while True:
+                item = self.windows.get(timeout=None)
+                if item is _END:
+                    break
+                prediction = self.engine.predict(item.window)
+                heard = self.decider.decide(prediction)
+                merged = self.merger.push(prediction, heard)
+                for event in merged.closed:
+                    self._to_writer("close", event, item.emitted_at)
+                for event in merged.opened:
+                    self._to_writer("open", event, item.emitted_at)
+                for event in merged.extended:
+                    self._to_writer("update", event, item.emitted_at)
+                advanced = min(hop_s, item.window.real_samples / item.window.sample_rate_hz)
+                with self._lock:
+                    status = self._status
+                    status.windows_inferred += 1
+                    status.audio_s += advanced
+                    status.inference_s += prediction.inference_s
+                    status.rtf = status.inference_s / status.audio_s if status.audio_s else 0.0
+                    status.last_inference_ms = prediction.inference_s * 1000
+                self.ui_events.put(UiEvent("prediction", prediction=prediction))
+        except Exception as exc:
+            self._fail("inference", exc)
+        finally:
+            for event in self.merger.flush():
+                self._to_writer("close", event, time.monotonic())
+            self.store_ops.put_blocking(_END, timeout=None)
+
+    def _to_writer(self, kind: str, event: OpenEvent, emitted_at: float) -> None:
+        self.store_ops.put_blocking(_StoreOp(kind, event, emitted_at), timeout=None)
+
+    # -- writer ------------------------------------------------------------------------------
+    def _write(self) -> None:
+        from device.store import Store
+        from device.store.clips import write_clip
+
+        store = Store.open(self.database)
+        try:
+            while True:
+                op = self.store_ops.get(timeout=None)
+                if op is _END:
+                    break
+                try:
+                    store.save_detection(op.detection, final=(op.kind == "close"))
+                except Exception as exc:
+                    log.error("could not store detection %s (%s): %s", op.detection.detection_id, op.kind, exc)
+                    with self._lock:
+                        self._status.store_errors += 1
+                    continue
+                if op.kind == "open":
+                    self.latencies_s.append(time.monotonic() - op.emitted_at)
+                    with self._lock:
+                        self._status.detections_opened += 1
+                self.ui_events.put(UiEvent("detection", detection=op.detection, state=op.kind))
+                if op.kind == "close":
+                    with self._lock:
+                        self._status.detections_closed += 1
+                    if self.on_detection:
+                        self.on_detection(op.detection)
+                    if self.settings.clips.enabled:
+                        self._save_clip(store, write_clip, op)
+        except Exception as exc:
+            self._fail("writer", exc)
+        finally:
+            store.close()
+            self._update(finished=True)
+
+    def _save_clip(self, store, write_clip, op: _StoreOp) -> None:
+        clips = self.settings.clips
+        try:
+            path = write_clip(self.clips_dir, op.detection, op.event.peak_audio, op.event.peak_rate_hz)
+            store.add_clip(op.detection.detection_id, path, len(op.event.peak_audio) / op.event.peak_rate_hz,
+                           op.event.peak_rate_hz, path.stat().st_size)
+            store.enforce_clip_budget(int(clips.budget_mb * 1_000_000), clips.keep_per_species)
+            with self._lock:
+                self._status.clips_written += 1
+        except Exception as exc:  # a full card loses the clip, never the detection
+            log.error("could not save the clip of detection %s: %s", op.detection.detection_id, exc)
+            with self._lock:
+                self._status.clip_errors += 1
+
+
+def latency_percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p95 of sound-to-log latencies, in seconds."""
+    if not latencies:
+        return float("nan"), float("nan")
+    values = np.asarray(latencies)
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
+

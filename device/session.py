@@ -1,0 +1,96 @@
+"""A device session: one bundle, one source, one pipeline, and the tour it logs into.
+
+The library object behind `explorer run` (headless) and the TUI: it prepares the store
+(migrations, recovery of events a power cut left open), records the bundle, opens a tour
+when none is active, runs the pipeline, and closes everything in order on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from device.audio.types import AudioSource
+from device.config import Settings
+from device.domain import Detection
+from device.engine.engine import Engine
+from device.home import ExplorerHome
+from device.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def open_source(spec: str, settings: Settings, realtime: bool = False) -> tuple[AudioSource, bool]:
+    """The source a `--source` value names, and whether it is live.
+
+    `mic` means the configured microphone; an existing file is read (paced with `realtime`);
+    anything else is a microphone name or index.
+    """
+    path = Path(spec)
+    if path.is_file():
+        from device.audio.files import FileSource
+
+        return FileSource(path, realtime=realtime), realtime
+    from device.audio.mic import MicrophoneSource
+
+    device = settings.audio.microphone if spec == "mic" else spec
+    return MicrophoneSource(device, reconnect_max_s=settings.audio.reconnect_max_s), True
+
+
+@dataclass
+class SessionResult:
+    tour_id: str | None
+    status: object
+
+
+class DeviceSession:
+    def __init__(self, home: ExplorerHome, settings: Settings, engine: Engine):
+        from device.store import Store
+
+        self.home = home
+        self.settings = settings
+        self.engine = engine
+        self.store = Store.open(home.database)
+        recovered = self.store.recover_open_detections()
+        if recovered:
+            log.warning("closed %d detection(s) left open by an interrupted run", recovered)
+        manifest = engine.manifest
+        self.store.record_bundle(manifest.name, manifest.version, engine.bundle.sha256, manifest.labels)
+        self.pipeline: Pipeline | None = None
+        self.own_tour = False
+
+    def ensure_tour(self, name: str | None = None) -> str:
+        """The active tour's id, starting one (owned by this session) when none is active."""
+        tour = self.store.active_tour()
+        if tour is None:
+            tour = self.store.start_tour(name=name)
+            self.own_tour = True
+        return tour.tour_id
+
+    def start(
+        self, source: AudioSource, live: bool, tour_id: str | None, on_detection: Callable[[Detection], None] | None = None
+    ) -> Pipeline:
+        self.pipeline = Pipeline(
+            self.engine,
+            source,
+            self.settings,
+            self.home.database,
+            self.home.clips,
+            live=live,
+            tour_id=tour_id,
+            on_detection=on_detection,
+        )
+        return self.pipeline.start()
+
+    def finish(self, stop_own_tour: bool = True) -> None:
+        """Stop the pipeline (flushing what it holds), stop the tour it started, close the store."""
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline.wait()
+        if stop_own_tour and self.own_tour:
+            active = self.store.active_tour()
+            if active is not None:
+                self.store.stop_tour(active.tour_id)
+        self.store.close()

@@ -1,0 +1,370 @@
+"""The device's SQLite file: connection settings, the schema and its migrations.
+
+One file holds everything the device records (tours, detections, clips, feedback, the
+outbox), so a detection and the message that announces it commit in one transaction.
+
+Connections are made by `connect`, which applies the same settings every time:
+
+* WAL journal, so the TUI's reader never blocks the pipeline's writer;
+* `synchronous=FULL`, so a commit that returned survives a power cut, not only a crash
+  (WAL's usual NORMAL may lose the last commits when the power goes; a detection a guide
+  saw on screen must not vanish, and at a few commits a minute the fsync costs nothing);
+* `foreign_keys=ON` (SQLite's default is off, per connection);
+* `busy_timeout`, so a second writer (the `explorer tour` CLI while `explorer run` writes)
+  waits for the lock instead of failing at once.
+
+Migrations are plain functions registered with `@migration(version)`. Each runs inside
+the same `BEGIN IMMEDIATE` transaction as its bookkeeping row in `schema_migration` and
+the `PRAGMA user_version` bump, so a crash mid-migration leaves the previous version.
+sqlite-utils' own `Migrations` was not used because it neither sets `user_version` nor
+takes the write lock before reading what is applied (two processes opening a new file at
+once would both try to create the tables).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from device.domain import iso_utc, utc_now
+
+BUSY_TIMEOUT_MS = 5_000
+"""How long a connection waits for another's write lock. Commits take milliseconds; five
+seconds rides out a slow SD card's fsync yet never hangs the pipeline for long."""
+
+SQLITE_FULL = 13
+SQLITE_IOERR = 10
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message names the file and the reason."""
+
+
+class NotFoundError(StoreError):
+    """A tour, detection or message id that the database does not hold."""
+
+
+class TourActiveError(StoreError):
+    """A tour was started while another is active (only one tour runs at a time)."""
+
+    def __init__(self, message: str, active_tour_id: str):
+        super().__init__(message)
+        self.active_tour_id = active_tour_id
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[sqlite_utils.Database], None]
+
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(version: int) -> Callable[[Callable[[sqlite_utils.Database], None]], Callable]:
+    """Register a schema migration; versions must be 1, 2, 3... in order of registration."""
+
+    def register(fn: Callable[[sqlite_utils.Database], None]) -> Callable:
+        expected = len(MIGRATIONS) + 1
+        if version != expected:
+            raise ValueError(f"migration {fn.__name__}: version {version}, expected {expected}")
+        MIGRATIONS.append(Migration(version, fn.__name__, fn))
+        return fn
+
+    return register
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1].version if MIGRATIONS else 0
+
+
+@migration(1)
+def create_initial_schema(db: sqlite_utils.Database) -> None:
+    """Every table of the first release.
+
+    Conventions: singular snake_case tables, UUID text keys, units in column names,
+    `_on` columns hold `device.domain.iso_utc` text (which sorts as time does), enums
+    are CHECKed, and every foreign key has an index (SQLite makes none by itself).
+    """
+    statements = [
+        """CREATE TABLE tour (
+            tour_id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            guide TEXT,
+            started_on TEXT NOT NULL,
+            ended_on TEXT,
+            CHECK (ended_on IS NULL OR ended_on >= started_on)
+        )""",
+        # At most one row may have ended_on NULL: one active tour, even across processes.
+        "CREATE UNIQUE INDEX tour_single_active ON tour (ended_on IS NULL) WHERE ended_on IS NULL",
+        "CREATE INDEX tour_started_on ON tour (started_on)",
+        """CREATE TABLE bundle (
+            bundle_id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            sha256 TEXT NOT NULL UNIQUE CHECK (length(sha256) = 64),
+            first_used_on TEXT NOT NULL,
+            last_used_on TEXT NOT NULL
+        )""",
+        """CREATE TABLE bundle_label (
+            bundle_label_id TEXT PRIMARY KEY NOT NULL,
+            bundle_id TEXT NOT NULL REFERENCES bundle (bundle_id) ON DELETE CASCADE,
+            position INTEGER NOT NULL CHECK (position >= 0),
+            primary_label TEXT NOT NULL,
+            scientific_name TEXT NOT NULL,
+            common_name TEXT NOT NULL,
+            class_name TEXT NOT NULL,
+            UNIQUE (bundle_id, primary_label)  -- its index, led by bundle_id, serves the foreign key
+        )""",
+        """CREATE TABLE detection (
+            detection_id TEXT PRIMARY KEY NOT NULL,
+            device_id TEXT NOT NULL,
+            tour_id TEXT REFERENCES tour (tour_id),
+            label TEXT NOT NULL,
+            started_on TEXT NOT NULL,
+            ended_on TEXT NOT NULL,
+            start_s REAL NOT NULL,
+            end_s REAL NOT NULL,
+            peak_start_s REAL NOT NULL,
+            confidence REAL NOT NULL CHECK (confidence BETWEEN 0 AND 1),
+            branch_scores TEXT NOT NULL CHECK (json_valid(branch_scores)),
+            bundle_name TEXT NOT NULL,
+            bundle_version TEXT NOT NULL,
+            bundle_sha256 TEXT NOT NULL,
+            source TEXT NOT NULL,
+            window_count INTEGER NOT NULL CHECK (window_count >= 1),
+            secondary INTEGER NOT NULL CHECK (secondary IN (0, 1)),
+            status TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+            close_reason TEXT CHECK (close_reason IN ('ended', 'recovered')),
+            created_on TEXT NOT NULL,
+            updated_on TEXT NOT NULL,
+            closed_on TEXT,
+            CHECK (ended_on >= started_on),
+            CHECK (end_s >= start_s),
+            CHECK ((status = 'open') = (close_reason IS NULL AND closed_on IS NULL))
+        )""",
+        "CREATE INDEX detection_tour_id ON detection (tour_id)",
+        "CREATE INDEX detection_started_on ON detection (started_on)",
+        "CREATE INDEX detection_label ON detection (label)",
+        "CREATE INDEX detection_open ON detection (status) WHERE status = 'open'",
+        """CREATE TABLE clip (
+            clip_id TEXT PRIMARY KEY NOT NULL,
+            detection_id TEXT NOT NULL REFERENCES detection (detection_id),
+            path TEXT NOT NULL UNIQUE,
+            sample_rate_hz INTEGER NOT NULL CHECK (sample_rate_hz > 0),
+            duration_s REAL NOT NULL CHECK (duration_s > 0),
+            start_s REAL NOT NULL,
+            size_bytes INTEGER NOT NULL CHECK (size_bytes >= 0),
+            created_on TEXT NOT NULL,
+            deleted_on TEXT
+        )""",
+        "CREATE INDEX clip_detection_id ON clip (detection_id)",
+        "CREATE INDEX clip_live ON clip (created_on) WHERE deleted_on IS NULL",
+        """CREATE TABLE feedback (
+            feedback_id TEXT PRIMARY KEY NOT NULL,
+            detection_id TEXT NOT NULL REFERENCES detection (detection_id),
+            verdict TEXT NOT NULL CHECK (verdict IN ('confirm', 'reject')),
+            note TEXT,
+            created_on TEXT NOT NULL
+        )""",
+        "CREATE INDEX feedback_detection_id ON feedback (detection_id, created_on)",
+        """CREATE TABLE outbox_message (
+            message_id TEXT PRIMARY KEY NOT NULL,
+            detection_id TEXT REFERENCES detection (detection_id),
+            topic TEXT NOT NULL,
+            payload TEXT NOT NULL CHECK (json_valid(payload)),
+            created_on TEXT NOT NULL
+        )""",
+        "CREATE INDEX outbox_message_detection_id ON outbox_message (detection_id)",
+        "CREATE INDEX outbox_message_created_on ON outbox_message (created_on)",
+        """CREATE TABLE outbox_attempt (
+            attempt_id TEXT PRIMARY KEY NOT NULL,
+            message_id TEXT NOT NULL REFERENCES outbox_message (message_id) ON DELETE CASCADE,
+            attempted_on TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            result TEXT NOT NULL CHECK (result IN ('SUCCESS', 'FAILURE')),
+            detail TEXT
+        )""",
+        "CREATE INDEX outbox_attempt_message_id ON outbox_attempt (message_id, result, destination)",
+        """CREATE TABLE watched_file (
+            watched_file_id TEXT PRIMARY KEY NOT NULL,
+            path TEXT NOT NULL UNIQUE,
+            size_bytes INTEGER NOT NULL CHECK (size_bytes >= 0),
+            mtime_s REAL NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('processing', 'done', 'failed')),
+            first_seen_on TEXT NOT NULL,
+            processed_on TEXT,
+            result_csv_path TEXT,
+            detail TEXT
+        )""",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+def _bookkeeping_table(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migration (
+            version INTEGER PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            applied_on TEXT NOT NULL
+        )"""
+    )
+
+
+def user_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite_utils.Database, path: Path | str) -> int:
+    """Apply every pending migration, each in its own transaction; return the final version.
+
+    Raises:
+        StoreError: the file was written by a newer release (its `user_version` is ahead).
+    """
+    found = user_version(db)
+    if found == latest_version():
+        return found  # the common case: one PRAGMA read, no lock taken
+    if found < latest_version():
+        for step in MIGRATIONS:
+            with transaction(db):
+                current = user_version(db)  # re-read under the write lock: another process may have run it
+                if step.version <= current:
+                    continue
+                _bookkeeping_table(db)
+                step.apply(db)
+                db.execute(
+                    "INSERT INTO schema_migration (version, name, applied_on) VALUES (?, ?, ?)",
+                    [step.version, step.name, iso_utc(utc_now())],
+                )
+                # PRAGMA user_version is transactional: it commits or rolls back with the step.
+                db.execute(f"PRAGMA user_version = {int(step.version)}")
+        found = user_version(db)
+    if found > latest_version():
+        raise StoreError(
+            f"{path}: schema version {found} was written by a newer release of the explorer "
+            f"(this one knows up to {latest_version()}); upgrade the software, the data is untouched"
+        )
+    return found
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """One write transaction, taking the write lock up front (BEGIN IMMEDIATE).
+
+    A deferred BEGIN that later upgrades to a writer can fail at once with SQLITE_BUSY
+    (busy_timeout does not apply when its snapshot went stale); taking the lock first makes
+    a second writer wait its turn instead.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        raise StoreError("a store transaction is already open on this connection (nested write)")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+@contextlib.contextmanager
+def snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """One read transaction: every query inside sees the same committed state.
+
+    In WAL mode a reader never blocks the writer nor waits for it; this only keeps a
+    multi-query read (a tour summary) from mixing states when a commit lands mid-way.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        raise StoreError("a store transaction is already open on this connection (nested read)")
+    conn.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # nothing was written; ending it releases the snapshot
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLITE_FULL: no space on the device, or the database at its max_page_count."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == SQLITE_FULL:
+        return True
+    return "database or disk is full" in str(exc)
+
+
+@contextlib.contextmanager
+def guard(path: Path | str, action: str) -> Iterator[None]:
+    """Turn SQLite's errors into a `StoreError` naming the database file and what failed.
+
+    The transaction has already rolled back when this runs, so rows committed before the
+    failure are intact; the message says so for the one failure guides will meet in the
+    field, a full SD card.
+    """
+    try:
+        yield
+    except StoreError:
+        raise
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        base = code & 0xFF if code is not None else None
+        if is_disk_full(exc):
+            raise StoreError(
+                f"{path}: the disk is full: {action} failed and none of it was saved (everything saved "
+                "before is intact); free some space (old clips, exported logs) and try again"
+            ) from exc
+        if base == SQLITE_IOERR:
+            raise StoreError(
+                f"{path}: the disk refused a write ({exc}: full, over a file-size limit, or failing): "
+                f"{action} failed and none of it was saved (everything saved before is intact)"
+            ) from exc
+        if base in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            raise StoreError(f"{path}: not a healthy explorer database ({exc}) while trying {action}") from exc
+        raise StoreError(f"{path}: {action} failed: {exc}") from exc
+
+
+def connect(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at `path`, configured and migrated.
+
+    The connection is bound to the calling thread (sqlite3's `check_same_thread`): a second
+    thread opens its own. Opening an up-to-date database costs a few PRAGMAs.
+
+    Raises:
+        StoreError: the path is a directory, not a database, unwritable, or from a newer release.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a database file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create its directory ({exc.strerror})") from exc
+    with guard(path, "opening the database"):
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.enable_wal()
+            db.execute("PRAGMA synchronous = FULL")
+            migrate(db, path)
+        except BaseException:
+            conn.close()
+            raise
+    return db

@@ -1,0 +1,359 @@
+"""The MQTT detection payload: the one wire format a device sends for each detection.
+
+Built from a `device.domain.Detection` by `detection_to_payload` (an explicit field list,
+never the dataclass serialised wholesale), written by `payload_to_json`, and read back on
+the server by `parse_payload`, which trusts nothing: anyone on the broker can publish.
+
+The field names and types are frozen by tests/device/sync/test_payload_contract.py; read
+its header before changing anything here. Schema 1 (JSON object, every field required):
+
+    schema           int, 1
+    detection_id     str, canonical lowercase UUID: the server upserts on it, so a resend
+                     (the outbox retries until it gets a PUBACK) never duplicates a row
+    device_id        str, [A-Za-z0-9._:-], 1-64 characters
+    tour_id          str UUID | null
+    label            str, the bundle's primary_label
+    scientific_name  str | null   (null when the bundle's label metadata was unknown)
+    common_name      str | null
+    class_name       str | null   ("Aves", "Amphibia", "Insecta", "Mammalia")
+    started_on       str, ISO-8601 UTC ending in Z
+    ended_on         str, ISO-8601 UTC ending in Z, not before started_on
+    start_s, end_s   float, offsets of the event within its source, 0 <= start_s <= end_s
+    confidence       float in [0, 1], the event's peak fused score
+    branch_scores    object, branch name -> float in [0, 1] | null (null: the branch does
+                     not score this label)
+    bundle_name, bundle_version   str
+    bundle_sha256    str, 64 lowercase hex digits
+    source           str, what the audio came from (file path or "mic:<device>"), "" if unknown
+    window_count     int >= 1
+    secondary        bool
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from device.domain import Detection, iso_utc, parse_iso_utc
+
+SCHEMA = 1
+
+MAX_PAYLOAD_BYTES = 16_384
+"""A real detection with eight branches encodes to under 2 KiB; 16 KiB leaves headroom while
+bounding what a hostile publisher can make the server parse."""
+MAX_BRANCHES = 32
+"""More branches than any bundle would run on a Pi; bounds the object a sender can nest."""
+MAX_NAME_CHARS = 128
+"""Labels, species names, branch and bundle names: far longer than any real one."""
+MAX_SOURCE_CHARS = 1024
+"""A source is a file path or mic name; PATH_MAX-scale paths are already pathological."""
+MAX_OFFSET_S = 10 * 365 * 24 * 3600.0
+"""Offsets beyond ten years of continuous audio are corrupt, not long recordings."""
+MAX_WINDOW_COUNT = 10_000_000
+
+TOPIC_TEMPLATE = "explorer/{device_id}/detection"
+"""Where a device publishes its detections; the device id in the topic lets the broker's
+ACL tie a device's credentials to its own topic."""
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Every field, in the order documented above, with the JSON kind it must have.
+FIELDS: dict[str, str] = {
+    "schema": "int",
+    "detection_id": "uuid",
+    "device_id": "device_id",
+    "tour_id": "uuid|null",
+    "label": "name",
+    "scientific_name": "name|null",
+    "common_name": "name|null",
+    "class_name": "name|null",
+    "started_on": "timestamp",
+    "ended_on": "timestamp",
+    "start_s": "offset",
+    "end_s": "offset",
+    "confidence": "probability",
+    "branch_scores": "branch_scores",
+    "bundle_name": "name",
+    "bundle_version": "name",
+    "bundle_sha256": "sha256",
+    "source": "source",
+    "window_count": "count",
+    "secondary": "bool",
+}
+
+
+def detection_topic(device_id: str) -> str:
+    """The MQTT topic a device publishes its detections on."""
+    _check_device_id(device_id, "device_id")
+    return TOPIC_TEMPLATE.format(device_id=device_id)
+
+
+def _label_fact(meta: Any, key: str) -> str | None:
+    if meta is None:
+        return None
+    value = meta.get(key) if isinstance(meta, Mapping) else getattr(meta, key, None)
+    return value if isinstance(value, str) and value else None
+
+
+def _score_or_null(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _wire_source(source: str) -> str:
+    """The source as the wire carries it: control characters (a tab in a file name) become
+    '?', and an over-long path keeps its end (the file name), so no detection is ever
+    unsendable because of where its audio came from."""
+    source = _CONTROL.sub("?", source)
+    if len(source) > MAX_SOURCE_CHARS:
+        source = "..." + source[-(MAX_SOURCE_CHARS - 3) :]
+    return source
+
+
+def detection_to_payload(det: Detection, labels_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The schema-1 payload for a detection.
+
+    Args:
+        det: the detection (its final state, when sent from the outbox).
+        labels_meta: primary_label -> that label's facts (a manifest `Label`, or a mapping
+            with scientific_name, common_name, class_name); labels it lacks get nulls.
+
+    Raises:
+        ValueError: the detection holds something the schema cannot carry (NaN confidence,
+            a bad id...); the message names the field. Checked here so a device never
+            queues a message the server would refuse.
+    """
+    meta = (labels_meta or {}).get(det.label)
+    payload = {
+        "schema": SCHEMA,
+        "detection_id": det.detection_id,
+        "device_id": det.device_id,
+        "tour_id": det.tour_id,
+        "label": det.label,
+        "scientific_name": _label_fact(meta, "scientific_name"),
+        "common_name": _label_fact(meta, "common_name"),
+        "class_name": _label_fact(meta, "class_name"),
+        "started_on": iso_utc(det.started_on),
+        "ended_on": iso_utc(det.ended_on),
+        "start_s": float(det.start_s),
+        "end_s": float(det.end_s),
+        "confidence": float(det.confidence),
+        "branch_scores": {str(name): _score_or_null(score) for name, score in det.branch_scores.items()},
+        "bundle_name": det.bundle_name,
+        "bundle_version": det.bundle_version,
+        "bundle_sha256": det.bundle_sha256,
+        "source": _wire_source(det.source),
+        "window_count": int(det.window_count),
+        "secondary": bool(det.secondary),
+    }
+    return validate_payload(payload)
+
+
+def payload_to_json(payload: Mapping[str, Any]) -> str:
+    """Compact, key-sorted JSON; refuses NaN/Infinity (not JSON, and not meaningful)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"payload: {name} is not a number JSON allows")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"payload: key {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def parse_payload(data: bytes | str) -> dict[str, Any]:
+    """Decode and validate a received payload; return it as a dict of checked values.
+
+    Raises:
+        ValueError: naming the first problem: oversize, not UTF-8, not JSON, NaN, a
+            duplicate or unknown key, a missing field, a wrong type, an out-of-range value.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"payload: expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload: {len(data)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"payload: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        raw = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"payload: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise ValueError("payload: nested too deeply") from None
+    return validate_payload(raw)
+
+
+def validate_payload(raw: Any) -> dict[str, Any]:
+    """Check a decoded payload field by field; return a normalised copy (floats as float)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"payload: expected a JSON object, got {type(raw).__name__}")
+    if "schema" not in raw:
+        raise ValueError("payload.schema: missing")
+    if type(raw["schema"]) is not int or raw["schema"] != SCHEMA:
+        raise ValueError(f"payload.schema: {raw['schema']!r} is not a schema this version reads ({SCHEMA})")
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"payload: unknown field(s) {unknown[:5]}")
+    missing = [name for name in FIELDS if name not in raw]
+    if missing:
+        raise ValueError(f"payload.{missing[0]}: missing")
+    checked = {name: _CHECKS[kind](raw[name], f"payload.{name}") for name, kind in FIELDS.items()}
+    if parse_iso_utc(checked["ended_on"]) < parse_iso_utc(checked["started_on"]):
+        raise ValueError(f"payload.ended_on: {checked['ended_on']} is before started_on {checked['started_on']}")
+    if checked["end_s"] < checked["start_s"]:
+        raise ValueError(f"payload.end_s: {checked['end_s']} is before start_s {checked['start_s']}")
+    return checked
+
+
+def _check_int(value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise ValueError(f"{where}: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _check_count(value: Any, where: str) -> int:
+    value = _check_int(value, where)
+    if not 1 <= value <= MAX_WINDOW_COUNT:
+        raise ValueError(f"{where}: {value} is outside [1, {MAX_WINDOW_COUNT}]")
+    return value
+
+
+def _check_bool(value: Any, where: str) -> bool:
+    if type(value) is not bool:
+        raise ValueError(f"{where}: expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _check_number(value: Any, where: str) -> float:
+    if type(value) not in (int, float):
+        raise ValueError(f"{where}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    return value
+
+
+def _check_probability(value: Any, where: str) -> float:
+    value = _check_number(value, where)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: {value} is outside [0, 1]")
+    return value
+
+
+def _check_offset(value: Any, where: str) -> float:
+    value = _check_number(value, where)
+    if not 0.0 <= value <= MAX_OFFSET_S:
+        raise ValueError(f"{where}: {value} s is outside [0, {MAX_OFFSET_S:.0f}]")
+    return value
+
+
+def _check_text(value: Any, where: str, limit: int) -> str:
+    if type(value) is not str:
+        raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{where}: empty")
+    if len(value) > limit:
+        raise ValueError(f"{where}: {len(value)} characters is over the {limit}-character limit")
+    if _CONTROL.search(value):
+        raise ValueError(f"{where}: holds control characters")
+    return value
+
+
+def _check_name(value: Any, where: str) -> str:
+    return _check_text(value, where, MAX_NAME_CHARS)
+
+
+def _check_source(value: Any, where: str) -> str:
+    if value == "":
+        return value  # unknown source: allowed, a detection is still worth keeping
+    return _check_text(value, where, MAX_SOURCE_CHARS)
+
+
+def _nullable(check):
+    def nullable(value: Any, where: str):
+        return None if value is None else check(value, where)
+
+    return nullable
+
+
+def _check_uuid(value: Any, where: str) -> str:
+    if type(value) is not str:
+        raise ValueError(f"{where}: expected a UUID string, got {type(value).__name__}")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise ValueError(f"{where}: {value[:40]!r} is not a UUID") from None
+    if str(parsed) != value:
+        raise ValueError(f"{where}: {value[:40]!r} is not a canonical lowercase hyphenated UUID")
+    return value
+
+
+def _check_device_id(value: Any, where: str) -> str:
+    if type(value) is not str or not _DEVICE_ID.match(value):
+        raise ValueError(f"{where}: {str(value)[:40]!r} is not a device id (1-64 of A-Z a-z 0-9 . _ : -)")
+    return value
+
+
+def _check_sha256(value: Any, where: str) -> str:
+    if type(value) is not str or not _SHA256.match(value):
+        raise ValueError(f"{where}: {str(value)[:70]!r} is not 64 lowercase hex digits")
+    return value
+
+
+def _check_timestamp(value: Any, where: str) -> str:
+    if type(value) is not str or not _ISO_UTC.match(value):
+        raise ValueError(f"{where}: {str(value)[:40]!r} is not ISO-8601 UTC text ending in Z")
+    try:
+        parse_iso_utc(value)
+    except ValueError:
+        raise ValueError(f"{where}: {value!r} is not a real date and time") from None
+    return value
+
+
+def _check_branch_scores(value: Any, where: str) -> dict[str, float | None]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    if len(value) > MAX_BRANCHES:
+        raise ValueError(f"{where}: {len(value)} branches is over the limit of {MAX_BRANCHES}")
+    return {
+        _check_name(name, f"{where} key"): None if score is None else _check_probability(score, f"{where}.{name}")
+        for name, score in value.items()
+    }
+
+
+_CHECKS = {
+    "int": _check_int,
+    "uuid": _check_uuid,
+    "uuid|null": _nullable(_check_uuid),
+    "device_id": _check_device_id,
+    "name": _check_name,
+    "name|null": _nullable(_check_name),
+    "timestamp": _check_timestamp,
+    "offset": _check_offset,
+    "probability": _check_probability,
+    "branch_scores": _check_branch_scores,
+    "sha256": _check_sha256,
+    "source": _check_source,
+    "count": _check_count,
+    "bool": _check_bool,
+}

@@ -1,0 +1,86 @@
+"""`explorer export`: the operator's commands (signing keys, the demo bundle).
+
+Only this command group loads the exporter's stack (onnx); `device/cli/main.py` maps
+`export` here lazily.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from device.bundle.manifest import BundleError
+from device.cli.common import home_of
+
+
+@click.group()
+def export() -> None:
+    """Make signing keys and signed model bundles (operator tools, not for the Pi).
+
+    Example:
+
+        explorer export keygen --name release
+
+        explorer export demo-bundle
+    """
+
+
+@export.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for the key pair. Default: <home>/keys/signing. Never inside a git working tree or a bundle.",
+)
+@click.option("--name", default="signing", show_default=True, help="File name of the pair: NAME.key and NAME.pub.")
+@click.option("--trust", is_flag=True, help="Also add the public key to this home's trust list.")
+@click.pass_context
+def keygen(ctx: click.Context, out: Path | None, name: str, trust: bool) -> None:
+    """Make an ed25519 key pair for signing bundles.
+
+    The private key (NAME.key, mode 0600) stays on this machine; copy NAME.pub into a
+    device's <home>/keys/trusted/ so it accepts bundles signed with it.
+
+    Example:
+
+        explorer export keygen --name release --out ~/secure/keys
+    """
+    from exporter.signing import SigningError, generate_keypair, install_public_key, signer_key_id
+
+    home = home_of(ctx)
+    try:
+        private, public = generate_keypair(out or home.signing_keys, name)
+    except SigningError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"private key: {private}  (keep it secret; never commit or ship it)")
+    click.echo(f"public key:  {public}")
+    click.echo(f"key id:      {signer_key_id(private)}")
+    if trust:
+        click.echo(f"trusted in:  {install_public_key(public, home.trusted_keys)}")
+
+
+@export.command("demo-bundle")
+@click.pass_context
+def demo_bundle(ctx: click.Context) -> None:
+    """Build the tiny demo model bundle, sign it with a local key and make it active.
+
+    Uses the committed head in exporter/artefacts/demo_head.npz and checks the ONNX
+    against the numpy model on the example recordings before anything is installed.
+    A local development key is made under <home>/keys/signing on first use and trusted.
+
+    Example:
+
+        explorer --home /tmp/explorer export demo-bundle
+    """
+    from exporter.bundle_writer import ParityError
+    from exporter.demo_bundle import build_demo_bundle
+    from exporter.signing import SigningError
+
+    started = time.perf_counter()
+    try:
+        path = build_demo_bundle(home_of(ctx))
+    except (BundleError, ParityError, SigningError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"demo bundle active: {path}  ({time.perf_counter() - started:.1f} s)")

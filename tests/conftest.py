@@ -1,0 +1,30 @@
+"""Fixtures shared by every test: where the real recordings are, and a clean data home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's real recordings and metadata (read-only; never write here)."""
+    if not (SHARED_DATA / "recordings.csv").is_file():
+        pytest.fail(f"the shared recordings are missing: expected them at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(autouse=True)
+def no_developer_home(tmp_path_factory, monkeypatch):
+    """Keep the developer's own $EXPLORER_HOME (config, database, keys) out of every test."""
+    monkeypatch.setenv("EXPLORER_HOME", str(tmp_path_factory.mktemp("explorer-home")))

@@ -1,0 +1,199 @@
+# CONTRACT TEST: the MQTT detection payload (device/sync/payload.py), schema 1.
+#
+# Every field name, its JSON type and the exact encoding of a known detection are frozen
+# here. Devices in the field and the sync server both speak this format, and a device may
+# run an older release for months, so a change here breaks real deployments.
+#
+# To change the payload:
+#   1. Get approval from the sync-server owner and the lead before editing this file.
+#   2. Adding or changing a field means a new schema number (payload.SCHEMA + 1): the server
+#      must accept both the old and new schema until every device is upgraded, and its
+#      ingest needs a migration for the new column(s).
+#   3. Update FROZEN_FIELDS, GOLDEN_JSON and payload.py's docstring together, and write a
+#      release note naming the field, its type and the schema number.
+# Never "fix" this test by copying the new output over the golden string.
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from device.bundle.manifest import Label
+from device.domain import Detection
+from device.sync import payload as wire
+from device.sync.payload import detection_to_payload, detection_topic, parse_payload, payload_to_json
+
+FROZEN_FIELDS = {
+    "schema": int,
+    "detection_id": str,
+    "device_id": str,
+    "tour_id": (str, type(None)),
+    "label": str,
+    "scientific_name": (str, type(None)),
+    "common_name": (str, type(None)),
+    "class_name": (str, type(None)),
+    "started_on": str,
+    "ended_on": str,
+    "start_s": float,
+    "end_s": float,
+    "confidence": float,
+    "branch_scores": dict,
+    "bundle_name": str,
+    "bundle_version": str,
+    "bundle_sha256": str,
+    "source": str,
+    "window_count": int,
+    "secondary": bool,
+}
+
+GOLDEN_JSON = (
+    '{"branch_scores":{"birdnet":null,"perch":0.875},"bundle_name":"elsilencio-default",'
+    '"bundle_sha256":"' + "0123456789abcdef" * 4 + '","bundle_version":"1.0.0","class_name":"Aves",'
+    '"common_name":"Little Tinamou","confidence":0.875,"detection_id":"6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f",'
+    '"device_id":"pi-h02","end_s":15.0,"ended_on":"2023-04-20T07:40:15.000Z","label":"littin1",'
+    '"schema":1,"scientific_name":"Crypturellus soui","secondary":false,'
+    '"source":"examples/H02_20230420_074000.ogg","start_s":5.0,"started_on":"2023-04-20T07:40:05.000Z",'
+    '"tour_id":"0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b","window_count":2}'
+)
+
+TINAMOU = Label("littin1", "Crypturellus soui", "Little Tinamou", "Aves")
+
+
+def known_detection(**changes) -> Detection:
+    start = datetime(2023, 4, 20, 7, 40, 5, tzinfo=timezone.utc)
+    values = dict(
+        label="littin1", started_on=start, ended_on=start + timedelta(seconds=10), confidence=0.875,
+        branch_scores={"perch": 0.875, "birdnet": float("nan")}, bundle_name="elsilencio-default",
+        bundle_version="1.0.0", bundle_sha256="0123456789abcdef" * 4, device_id="pi-h02",
+        tour_id="0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b", source="examples/H02_20230420_074000.ogg",
+        start_s=5.0, end_s=15.0, window_count=2, detection_id="6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f",
+    )  # fmt: skip
+    values.update(changes)
+    return Detection(**values)
+
+
+def good_payload(**changes) -> dict:
+    data = json.loads(GOLDEN_JSON)
+    data.update(changes)
+    return data
+
+
+def encode(data) -> bytes:
+    return json.dumps(data).encode()
+
+
+def test_schema_version_is_1():
+    assert wire.SCHEMA == 1
+
+
+def test_field_names_and_types_are_frozen():
+    built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
+    assert list(wire.FIELDS) == list(FROZEN_FIELDS)
+    assert set(built) == set(FROZEN_FIELDS)
+    for name, kind in FROZEN_FIELDS.items():
+        assert isinstance(built[name], kind), name
+    assert all(isinstance(k, str) for k in built["branch_scores"])
+
+
+def test_the_encoding_of_a_known_detection_is_frozen():
+    assert payload_to_json(detection_to_payload(known_detection(), {"littin1": TINAMOU})) == GOLDEN_JSON
+
+
+def test_it_round_trips_through_parse_payload():
+    built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
+    assert parse_payload(payload_to_json(built).encode("utf-8")) == built
+    assert parse_payload(GOLDEN_JSON) == built
+
+
+def test_unknown_species_facts_are_null_and_nan_branch_scores_are_null():
+    built = detection_to_payload(known_detection(tour_id=None))
+    assert (built["scientific_name"], built["common_name"], built["class_name"], built["tour_id"]) == (None,) * 4
+    assert built["branch_scores"] == {"perch": 0.875, "birdnet": None}
+    with_mapping = detection_to_payload(known_detection(), {"littin1": {"common_name": "Little Tinamou"}})
+    assert with_mapping["common_name"] == "Little Tinamou" and with_mapping["scientific_name"] is None
+
+
+def test_a_detection_the_schema_cannot_carry_is_refused_when_built():
+    with pytest.raises(ValueError, match="payload.confidence"):
+        detection_to_payload(known_detection(confidence=math.nan))
+    with pytest.raises(ValueError, match="payload.device_id"):
+        detection_to_payload(known_detection(device_id="pi/#"))
+
+
+def test_an_awkward_source_is_made_sendable_not_refused():
+    built = detection_to_payload(known_detection(source="/data/a\tb\nc.wav"))
+    assert built["source"] == "/data/a?b?c.wav"
+    long = "/data/" + "d" * 5000 + "/H02.ogg"
+    built = detection_to_payload(known_detection(source=long))
+    assert len(built["source"]) == wire.MAX_SOURCE_CHARS and built["source"].endswith("/H02.ogg")
+
+
+def test_the_topic_carries_the_device_id_and_refuses_wildcards():
+    assert detection_topic("pi-h02") == "explorer/pi-h02/detection"
+    for bad in ("pi/h02", "pi+", "#", ""):
+        with pytest.raises(ValueError, match="device id"):
+            detection_topic(bad)
+
+
+HOSTILE = [
+    (b"x" * (wire.MAX_PAYLOAD_BYTES + 1), "over the"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'"just a string"', "expected a JSON object"),
+    (GOLDEN_JSON.replace('"confidence":0.875', '"confidence":NaN').encode(), "not a number JSON allows"),
+    (GOLDEN_JSON.replace('"start_s":5.0', '"start_s":Infinity').encode(), "not a number JSON allows"),
+    (GOLDEN_JSON.replace('{"branch_scores"', '{"schema":1,"branch_scores"').encode(), "appears twice"),
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply|expected a JSON object"),
+    (encode(good_payload(extra="x")), r"unknown field\(s\) \['extra'\]"),
+    (encode({k: v for k, v in good_payload().items() if k != "schema"}), "payload.schema: missing"),
+    (encode({k: v for k, v in good_payload().items() if k != "ended_on"}), "payload.ended_on: missing"),
+    (encode(good_payload(schema=2)), "not a schema this version reads"),
+    (encode(good_payload(schema="1")), "not a schema this version reads"),
+    (encode(good_payload(schema=True)), "not a schema this version reads"),
+    (encode(good_payload(confidence="0.9")), "payload.confidence: expected a number"),
+    (encode(good_payload(confidence=True)), "payload.confidence: expected a number"),
+    (encode(good_payload(confidence=1.5)), "outside"),
+    (encode(good_payload(window_count=2.0)), "payload.window_count: expected an integer"),
+    (encode(good_payload(window_count=0)), "payload.window_count"),
+    (encode(good_payload(secondary=0)), "payload.secondary: expected true or false"),
+    (encode(good_payload(detection_id="not-a-uuid")), "payload.detection_id.*not a UUID"),
+    (encode(good_payload(detection_id="6F1C2D3E-4A5B-4C6D-8E7F-0A1B2C3D4E5F")), "canonical"),
+    (encode(good_payload(detection_id="6f1c2d3e4a5b4c6d8e7f0a1b2c3d4e5f")), "canonical"),
+    (encode(good_payload(tour_id=12)), "payload.tour_id"),
+    (encode(good_payload(started_on="2023-04-20 07:40:05")), "payload.started_on.*ending in Z"),
+    (encode(good_payload(started_on="2023-04-20T07:40:05+02:00")), "payload.started_on"),
+    (encode(good_payload(started_on="2023-02-30T07:40:05.000Z")), "not a real date"),
+    (encode(good_payload(ended_on="2023-04-20T07:40:00.000Z")), "payload.ended_on.*before started_on"),
+    (encode(good_payload(end_s=1.0)), "payload.end_s.*before start_s"),
+    (encode(good_payload(start_s=-1.0)), "payload.start_s"),
+    (encode(good_payload(device_id="pi/#")), "payload.device_id"),
+    (encode(good_payload(bundle_sha256="A" * 64)), "payload.bundle_sha256"),
+    (encode(good_payload(label="")), "payload.label: empty"),
+    (encode(good_payload(label="littin1\x00")), "control characters"),
+    (encode(good_payload(label="x" * 500)), "character limit"),
+    (encode(good_payload(common_name=["a"])), "payload.common_name: expected a string"),
+    (encode(good_payload(branch_scores=[0.5])), "payload.branch_scores: expected an object"),
+    (encode(good_payload(branch_scores={"perch": 2.0})), r"payload.branch_scores.perch"),
+    (encode(good_payload(branch_scores={"perch": "high"})), r"payload.branch_scores.perch"),
+    (encode(good_payload(branch_scores={f"b{i}": 0.5 for i in range(wire.MAX_BRANCHES + 1)})), "branches"),
+]
+
+
+@pytest.mark.parametrize("data, problem", HOSTILE, ids=[f"hostile-{i}" for i in range(len(HOSTILE))])
+def test_malformed_or_hostile_input_is_a_clear_value_error(data, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_payload(data)
+
+
+def test_parse_accepts_whole_number_floats_as_numbers():
+    parsed = parse_payload(GOLDEN_JSON.replace('"start_s":5.0', '"start_s":5'))
+    assert parsed["start_s"] == 5.0 and isinstance(parsed["start_s"], float)
+
+
+def test_parse_refuses_what_is_not_bytes():
+    with pytest.raises(ValueError, match="expected bytes"):
+        parse_payload(12345)

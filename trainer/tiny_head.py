@@ -1,0 +1,385 @@
+"""A tiny demo head, trained in seconds with numpy/scipy: pooled log-mel + logistic regression.
+
+It exists so the device runs a real, honestly trained model before the BirdNET-based
+default arrives. Features are the bundle's own log-mel front end (exporter/frontend.py),
+run through onnxruntime on 5 s windows at 32 kHz, so training sees exactly what the Pi
+will; each mel band is pooled over time (mean and max), standardized, and a
+one-vs-rest logistic regression with L2 scores every label.
+
+Data: the labelled recordings in `recordings.csv` (in_label_space == yes) are positives;
+out-of-space recordings and unlabelled soundscapes are negatives for every label. Each
+recording is split in time: the first 70 % trains, the last 30 % is held out (there is
+one recording per species, so held-out windows come from the same recording; the scores
+on them are optimistic about new recordings). Thresholds are chosen on the held-out windows.
+
+Rebuild the committed artefact with:
+
+    python -m trainer.tiny_head --data ../shared/data --out exporter/artefacts/demo_head.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import soundfile as sf
+from scipy.optimize import minimize
+from scipy.signal import resample_poly
+
+from exporter.frontend import DEFAULT_LOG_MEL, LogMelParams, build_front_end_model
+
+WINDOW_S = 5.0
+"""The device's analysis window; BirdCLEF labels 5 s segments."""
+TRAIN_FRACTION = 0.7
+"""Share of each recording (from its start) that trains; the rest is held out."""
+TRAIN_HOP_S = {"positive": 0.5, "negative": 2.5}
+"""Positives are few (one short call recording per species), so their windows overlap more."""
+HELD_OUT_HOP_S = 2.5
+L2 = 1e-2
+"""Weight decay on the standardized features: with ~15 positives per label and 128
+features, an unregularized fit would separate the training windows and nothing else."""
+FEATURE_FLOOR = 1e-3
+"""Smallest per-feature scale: a band constant over the training windows is not amplified."""
+EXCLUDED = {
+    "audio/birdclef_train_audio/1.ogg": "species unknown; a BirdCLEF 2025 train clip may be one of our labels",
+}
+"""Recordings that are neither positive nor a safe negative."""
+BATCH = 8
+"""Windows per onnxruntime call: the float64 STFT of 8 windows takes ~35 MB."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    rel: str
+    """Path relative to the data folder, as recordings.csv writes it."""
+    label: str | None
+    """primary_label for an in-space recording, None for a negative."""
+    license: str
+
+
+def read_recordings(data_dir: Path) -> list[Recording]:
+    """Every usable recording in `recordings.csv` (EXCLUDED ones left out)."""
+    data_dir = Path(data_dir)
+    with open(data_dir / "recordings.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    recordings = []
+    for row in rows:
+        if row["path"] in EXCLUDED:
+            continue
+        label = row["primary_label"].strip() if row["in_label_space"] == "yes" else None
+        recordings.append(Recording(data_dir / row["path"], row["path"], label or None, row["license"]))
+    return recordings
+
+
+def load_audio(path: Path, rate_hz: int) -> np.ndarray:
+    """Mono float32 audio at `rate_hz` (polyphase resampling, as the device's resampler)."""
+    audio, native = sf.read(path, dtype="float32", always_2d=True)
+    return resample(audio.mean(axis=1), native, rate_hz)
+
+
+def resample(audio: np.ndarray, native_hz: int, rate_hz: int) -> np.ndarray:
+    """float32 `audio` from `native_hz` to `rate_hz` with scipy's polyphase filter."""
+    if native_hz == rate_hz:
+        return audio.astype(np.float32, copy=False)
+    g = math.gcd(native_hz, rate_hz)
+    return resample_poly(audio, rate_hz // g, native_hz // g).astype(np.float32)
+
+
+def cut_windows(audio: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """[n, window] windows hopping through `audio`; a part shorter than a window is tiled.
+
+    Tiling (looping the call) keeps a short call's per-band statistics; zero padding would
+    fill most of the window with the dB floor.
+    """
+    if len(audio) == 0:
+        return np.zeros((0, window), np.float32)
+    if len(audio) < window:
+        audio = np.tile(audio, -(-window // len(audio)))[:window]
+    starts = range(0, len(audio) - window + 1, hop)
+    return np.stack([audio[s : s + window] for s in starts]).astype(np.float32)
+
+
+class FrontEnd:
+    """The ONNX log-mel front end in onnxruntime: waveforms [n, samples] -> mel [n, bands, frames]."""
+
+    def __init__(self, params: LogMelParams, window_samples: int, threads: int = 0):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        model = build_front_end_model(params, window_samples).SerializeToString()
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        parts = [self.session.run(["mel"], {"waveform": windows[i : i + BATCH]})[0] for i in range(0, len(windows), BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float32)
+
+
+def pool_features(mel: np.ndarray) -> np.ndarray:
+    """[n, bands, frames] log-mel -> [n, 2*bands] float64: per-band mean over time, then max.
+
+    The mean carries a band's background level, the max its loudest call. Chosen over
+    mean+std, mean+std+max and window-centred means, which scored lower on the held-out
+    windows at every L2 tried (see the report in exporter/artefacts/README.md).
+    The ONNX head (exporter/linear_head.py) pools the same way, in float64, from the same
+    float32 mel; change both together.
+    """
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.concatenate([mel.mean(axis=2), mel.max(axis=2)], axis=1)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+@dataclass
+class TinyHead:
+    """The trained head and everything a bundle needs to say about it."""
+
+    labels: list[dict[str, str]]
+    """Manifest label entries, in taxonomy order (the order of the weight columns)."""
+    front_end: dict[str, Any]
+    window_samples: int
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    """[features, labels]"""
+    bias: np.ndarray
+    thresholds: np.ndarray
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label_ids(self) -> list[str]:
+        return [label["primary_label"] for label in self.labels]
+
+    def logits(self, embedding: np.ndarray) -> np.ndarray:
+        return ((embedding - self.mean) / self.scale) @ self.weights + self.bias
+
+    def scores(self, mel: np.ndarray) -> np.ndarray:
+        """Probabilities [n, labels] from a float32 log-mel batch (the numpy reference model)."""
+        return sigmoid(self.logits(pool_features(mel)))
+
+    def save(self, path: Path) -> Path:
+        """Write a deterministic .npz (fixed zip timestamps: same head, same bytes)."""
+        arrays = {
+            "mean": self.mean, "scale": self.scale, "weights": self.weights, "bias": self.bias,
+            "thresholds": self.thresholds, "window_samples": np.array(self.window_samples, np.int64),
+        }
+        texts = {"labels": self.labels, "front_end": self.front_end, "metrics": self.metrics, "training": self.training}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            items = {**arrays, **{k: np.array(json.dumps(v, sort_keys=True)) for k, v in texts.items()}}
+            for name in sorted(items):
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.array(items[name], order="C"), allow_pickle=False)
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, buffer.getvalue())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "TinyHead":
+        with np.load(path, allow_pickle=False) as data:
+            text = {k: json.loads(str(data[k])) for k in ("labels", "front_end", "metrics", "training")}
+            return cls(
+                labels=text["labels"], front_end=text["front_end"], window_samples=int(data["window_samples"]),
+                mean=data["mean"], scale=data["scale"], weights=data["weights"], bias=data["bias"],
+                thresholds=data["thresholds"], metrics=text["metrics"], training=text["training"],
+            )
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest logistic regression on standardized `x` [n, d] and 0/1 `y` [n, c].
+
+    Each label's positives and negatives get equal total weight (positives are ~2 % of the
+    windows), and the L2 term excludes the bias. All labels are fit at once with L-BFGS.
+    """
+    n, d = x.shape
+    c = y.shape[1]
+    pos = y.sum(axis=0)
+    weight = np.where(y > 0, 0.5 / np.maximum(pos, 1), 0.5 / np.maximum(n - pos, 1))
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: d * c].reshape(d, c), theta[d * c :]
+        z = x @ w + b
+        # log(1 + e^z) - y z, stable for large |z|
+        nll = np.logaddexp(0.0, z) - y * z
+        grad_z = weight * (sigmoid(z) - y)
+        value = float((weight * nll).sum() + 0.5 * l2 * (w**2).sum())
+        grad = np.concatenate([(x.T @ grad_z + l2 * w).ravel(), grad_z.sum(axis=0)])
+        return value, grad
+
+    result = minimize(loss, np.zeros(d * c + c), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    if not result.success:
+        raise RuntimeError(f"logistic regression did not converge: {result.message}")
+    return result.x[: d * c].reshape(d, c), result.x[d * c :]
+
+
+POOLING = "mean,max"
+"""Names the pooling in the artefact, so the exporter refuses a head pooled differently."""
+THRESHOLD_RANGE = (0.1, 0.9)
+"""Chosen thresholds are clipped here: a handful of held-out windows cannot justify a
+threshold that would fire on almost anything, or on almost nothing."""
+
+
+def choose_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per label, the threshold with the best F1 on (held-out) windows.
+
+    The threshold sits halfway between the lowest window it accepts and the highest one
+    it rejects, then is clipped to THRESHOLD_RANGE; a label with no positives gets 0.5.
+    """
+    thresholds = np.full(scores.shape[1], 0.5)
+    for j in range(scores.shape[1]):
+        y = targets[:, j] > 0
+        if not y.any():
+            continue
+        order = np.argsort(-scores[:, j], kind="stable")
+        s, hits = scores[order, j], np.cumsum(y[order])
+        k = np.arange(1, len(s) + 1)
+        f1 = 2 * hits / (k + y.sum())
+        best = int(np.argmax(f1))
+        below = s[best + 1] if best + 1 < len(s) else 0.0
+        thresholds[j] = 0.5 * (s[best] + below)
+    return np.clip(thresholds, *THRESHOLD_RANGE)
+
+
+def _average_precision(score: np.ndarray, y: np.ndarray) -> float:
+    order = np.argsort(-score, kind="stable")
+    hits = np.cumsum(y[order])
+    precision = hits / np.arange(1, len(y) + 1)
+    return float((precision * y[order]).sum() / max(y.sum(), 1))
+
+
+def _roc_auc(score: np.ndarray, y: np.ndarray) -> float:
+    """Probability that a positive window outscores a negative one (ties count half)."""
+    pos, neg = score[y], score[~y]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def evaluate(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, label_ids: list[str]) -> dict[str, Any]:
+    """Per-label AP, ROC AUC, precision/recall/F1 at threshold; top-1 accuracy vs chance."""
+    per_label = {}
+    for j, label in enumerate(label_ids):
+        y = targets[:, j] > 0
+        fired = scores[:, j] >= thresholds[j]
+        tp = int((fired & y).sum())
+        precision = tp / max(int(fired.sum()), 1)
+        recall = tp / max(int(y.sum()), 1)
+        per_label[label] = {
+            "windows": int(y.sum()),
+            "ap": _average_precision(scores[:, j], y) if y.any() else float("nan"),
+            "roc_auc": _roc_auc(scores[:, j], y) if y.any() and (~y).any() else float("nan"),
+            "threshold": float(thresholds[j]),
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        }
+    positive = targets.sum(axis=1) > 0
+    top1 = scores[positive].argmax(axis=1) == targets[positive].argmax(axis=1)
+    negatives = ~positive
+    return {
+        "windows": int(len(scores)),
+        "positive_windows": int(positive.sum()),
+        "top1_accuracy": float(top1.mean()) if positive.any() else float("nan"),
+        "chance_top1": 1.0 / len(label_ids),
+        "macro_ap": float(np.nanmean([row["ap"] for row in per_label.values()])),
+        "macro_roc_auc": float(np.nanmean([row["roc_auc"] for row in per_label.values()])),
+        "macro_f1": float(np.mean([row["f1"] for row in per_label.values()])),
+        "negative_windows_with_any_detection": float((scores[negatives] >= thresholds).any(axis=1).mean())
+        if negatives.any() else float("nan"),
+        "per_label": per_label,
+    }
+
+
+def _windows_of(recordings: list[Recording], params: LogMelParams, window: int, log) -> dict[str, Any]:
+    """Train and held-out windows with their label (or None) and source."""
+    split: dict[str, dict[str, list]] = {s: {"audio": [], "label": [], "source": []} for s in ("train", "held_out")}
+    for rec in recordings:
+        audio = load_audio(rec.path, params.sample_rate_hz)
+        cut = int(len(audio) * TRAIN_FRACTION)
+        kind = "positive" if rec.label else "negative"
+        parts = {
+            "train": cut_windows(audio[:cut], window, int(TRAIN_HOP_S[kind] * params.sample_rate_hz)),
+            "held_out": cut_windows(audio[cut:], window, int(HELD_OUT_HOP_S * params.sample_rate_hz)),
+        }
+        for name, windows in parts.items():
+            split[name]["audio"].extend(windows)
+            split[name]["label"].extend([rec.label] * len(windows))
+            split[name]["source"].extend([rec.rel] * len(windows))
+    log(f"windows: {len(split['train']['audio'])} train, {len(split['held_out']['audio'])} held out")
+    return split
+
+
+def train(data_dir: Path, l2: float = L2, log=print) -> TinyHead:
+    """Train the demo head from `data_dir` (the shared data folder) in seconds."""
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    params = LogMelParams.from_manifest(DEFAULT_LOG_MEL)
+    window = int(WINDOW_S * params.sample_rate_hz)
+    recordings = read_recordings(data_dir)
+    from exporter.manifest_builder import labels_from_taxonomy
+
+    labels = labels_from_taxonomy(data_dir / "taxonomy.csv", {r.label for r in recordings if r.label})
+    label_ids = [label["primary_label"] for label in labels]
+    split = _windows_of(recordings, params, window, log)
+    front_end = FrontEnd(params, window)
+    features, targets = {}, {}
+    for name, part in split.items():
+        features[name] = pool_features(front_end(np.stack(part["audio"])))
+        targets[name] = np.array([[lab == lid for lid in label_ids] for lab in part["label"]], np.float64)
+    mean = features["train"].mean(axis=0)
+    scale = np.maximum(features["train"].std(axis=0), FEATURE_FLOOR)
+    weights, bias = fit_logistic((features["train"] - mean) / scale, targets["train"], l2)
+    head = TinyHead(labels, params.to_manifest(), window, mean, scale, weights, bias, np.zeros(len(labels)))
+    held_scores = sigmoid(head.logits(features["held_out"]))
+    head.thresholds = choose_thresholds(held_scores, targets["held_out"])
+    head.metrics = {
+        "held_out": evaluate(held_scores, targets["held_out"], head.thresholds, label_ids),
+        "train": evaluate(sigmoid(head.logits(features["train"])), targets["train"], head.thresholds, label_ids),
+    }
+    head.training = {
+        "data": "recordings.csv of the El Silencio shared data (in_label_space == yes positive, others negative)",
+        "recordings": [{"path": r.rel, "label": r.label, "license": r.license} for r in recordings],
+        "excluded": EXCLUDED,
+        "windows": {name: len(part["label"]) for name, part in split.items()},
+        "window_s": WINDOW_S, "train_fraction": TRAIN_FRACTION, "train_hop_s": TRAIN_HOP_S,
+        "held_out_hop_s": HELD_OUT_HOP_S, "l2": l2, "pooling": POOLING,
+    }
+    log(f"trained {len(labels)} labels in {time.perf_counter() - started:.1f} s")
+    return head
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train the tiny demo head (numpy/scipy, seconds).")
+    parser.add_argument("--data", type=Path, required=True, help="the shared data folder (recordings.csv, audio/)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the .npz head")
+    parser.add_argument("--l2", type=float, default=L2, help=f"L2 weight decay (default {L2})")
+    args = parser.parse_args(argv)
+    if not (args.data / "recordings.csv").is_file():
+        parser.error(f"{args.data}: no recordings.csv here (expected the shared data folder)")
+    head = train(args.data, args.l2)
+    held = head.metrics["held_out"]
+    print(json.dumps({k: v for k, v in held.items() if k != "per_label"}, indent=2))
+    for label, row in held["per_label"].items():
+        print(f"  {label:>8}  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"wrote {head.save(args.out)} ({args.out.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
