@@ -63,8 +63,8 @@ class ClipSettings:
     budget_mb: float = 512.0
     """Disk the clips may use; past it the oldest are deleted (never their detections)."""
     keep_per_species: int = 3
-    """Clips per label that retention never deletes."""
-    max_clip_s: float = 15.0
+    """Clips per label that retention never deletes. A clip is the audio of the event's
+    peak window: what the model heard when it was surest."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,6 @@ _RULES = {
     ("detection", "merge_gap_windows"): lambda v, w: _check_number(v, w, 0, 100),
     ("clips", "budget_mb"): lambda v, w: _check_number(v, w, 0),
     ("clips", "keep_per_species"): lambda v, w: _check_number(v, w, 0, 10_000),
-    ("clips", "max_clip_s"): lambda v, w: _check_number(v, w, 1, 300),
     ("sync", "port"): lambda v, w: _check_number(v, w, 1, 65535),
 }
 

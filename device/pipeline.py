@@ -267,7 +267,6 @@ class Pipeline:
     # -- writer ------------------------------------------------------------------------------
     def _write(self) -> None:
         from device.store import Store
-        from device.store.clips import write_clip
 
         store = Store.open(self.database)
         try:
@@ -293,19 +292,19 @@ class Pipeline:
                     if self.on_detection:
                         self.on_detection(op.detection)
                     if self.settings.clips.enabled:
-                        self._save_clip(store, write_clip, op)
+                        self._save_clip(store, op)
         except Exception as exc:
             self._fail("writer", exc)
         finally:
             store.close()
             self._update(finished=True)
 
-    def _save_clip(self, store, write_clip, op: _StoreOp) -> None:
+    def _save_clip(self, store, op: _StoreOp) -> None:
         clips = self.settings.clips
         try:
-            path = write_clip(self.clips_dir, op.detection, op.event.peak_audio, op.event.peak_rate_hz)
-            store.add_clip(op.detection.detection_id, path, len(op.event.peak_audio) / op.event.peak_rate_hz,
-                           op.event.peak_rate_hz, path.stat().st_size)
+            store.save_clip(
+                self.clips_dir, op.detection, op.event.peak_audio, op.event.peak_rate_hz, start_s=op.detection.peak_start_s
+            )
             store.enforce_clip_budget(int(clips.budget_mb * 1_000_000), clips.keep_per_species)
             with self._lock:
                 self._status.clips_written += 1

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,8 @@ def write_bundle(
         checks: at least one per branch, each comparing the ONNX with its source.
 
     Returns:
-        The bundle as `device.bundle.verify.verify_bundle` sees it at `out_dir`.
+        The bundle as `device.bundle.verify.verify_bundle` sees it at `out_dir` (its
+        `signer.path` names a temporary trust file that no longer exists).
 
     Raises:
         ParityError: a check failed (nothing is written).
@@ -177,7 +178,7 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return replace(verified, path=out_dir.resolve())
+    return verified
 
 
 __all__ = ["BranchCheck", "BundleError", "ParityError", "ParityResult", "write_bundle"]

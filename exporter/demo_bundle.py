@@ -130,6 +130,15 @@ def development_key(home: ExplorerHome) -> Path:
     return private
 
 
+def _finite(value):
+    """The metrics with NaN (a label without held-out negatives, say) as null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 def demo_manifest(head: TinyHead, version: str, artefact_sha256: str) -> dict:
     label_ids = head.label_ids
     held_out = head.metrics.get("held_out", {})
@@ -151,7 +160,7 @@ def demo_manifest(head: TinyHead, version: str, artefact_sha256: str) -> dict:
             "training_run": "trainer.tiny_head: pooled log-mel + one-vs-rest logistic regression (numpy/scipy)",
             "data": head.training.get("data", ""),
             "artefact": {"file": "exporter/artefacts/demo_head.npz", "sha256": artefact_sha256},
-            "metrics": {"held_out": {k: v for k, v in held_out.items() if k != "per_label"}},
+            "metrics": {"held_out": _finite(held_out)},
             "rebuild": "python -m trainer.tiny_head --data ../shared/data --out exporter/artefacts/demo_head.npz",
         },
     )

@@ -33,8 +33,8 @@ from onnx import TensorProto, helper, numpy_helper
 # "latest", so a newer `onnx` package cannot emit ops the Pi's onnxruntime (>= 1.17, which
 # runs opsets up to 20) lacks.
 OPSET = 17
-# IR 8 is what onnxruntime 1.17 reads at most for opset 17 graphs; onnx 1.23 would stamp a
-# newer IR version that older runtimes refuse.
+# IR 8 is the IR version that shipped with opset 17 (onnx 1.12). onnx 1.23 would stamp its
+# own, newer IR version, and a runtime refuses an IR version newer than it knows.
 IR_VERSION = 8
 
 # The demo and default branch parameters for a Raspberry Pi 5 (reasons per key):

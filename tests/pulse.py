@@ -124,6 +124,8 @@ class Feeder:
         self.error: BaseException | None = None
         self._pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
         self._thread = threading.Thread(target=self._run, name=f"feed {fifo}", daemon=True)
         self._thread.start()
 
@@ -153,6 +155,12 @@ class Feeder:
         fd = self._open()
         paced_from, paced_bytes = time.monotonic(), 0
         while fd is not None and not self._stop.is_set():
+            if not self._running.is_set():  # paused: the microphone hears nothing at all
+                while not self._running.wait(0.05):
+                    if self._stop.is_set():
+                        break
+                paced_from, paced_bytes = time.monotonic(), 0
+                continue
             if position >= len(self._pcm):
                 if not self.loop:
                     break
@@ -175,8 +183,16 @@ class Feeder:
         if fd is not None:
             os.close(fd)
 
+    def pause(self) -> None:
+        """Stop writing (the pipe source then delivers nothing, like a stalled sound card)."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._running.set()
         self.join()
 
     def join(self, timeout: float | None = 10) -> None:

@@ -38,6 +38,7 @@ from scipy.optimize import minimize
 from scipy.signal import resample_poly
 
 from exporter.frontend import DEFAULT_LOG_MEL, LogMelParams, build_front_end_model
+from exporter.manifest_builder import labels_from_taxonomy
 
 WINDOW_S = 5.0
 """The device's analysis window; BirdCLEF labels 5 s segments."""
@@ -46,17 +47,23 @@ TRAIN_FRACTION = 0.7
 TRAIN_HOP_S = {"positive": 0.5, "negative": 2.5}
 """Positives are few (one short call recording per species), so their windows overlap more."""
 HELD_OUT_HOP_S = 2.5
+MAX_TRAIN_WINDOWS = 40
+"""Per recording, evenly spaced: the three long A. femoralis clips would otherwise give
+one label ~270 of the training windows and most of the training time."""
 L2 = 1e-2
-"""Weight decay on the standardized features: with ~15 positives per label and 128
-features, an unregularized fit would separate the training windows and nothing else."""
+"""Weight decay on the standardized features: with 3 to 40 positive windows per label and
+128 features, an unregularized fit would separate the training windows and nothing else."""
 FEATURE_FLOOR = 1e-3
 """Smallest per-feature scale: a band constant over the training windows is not amplified."""
 EXCLUDED = {
     "audio/birdclef_train_audio/1.ogg": "species unknown; a BirdCLEF 2025 train clip may be one of our labels",
 }
 """Recordings that are neither positive nor a safe negative."""
-BATCH = 8
-"""Windows per onnxruntime call: the float64 STFT of 8 windows takes ~35 MB."""
+BATCH = 4
+"""Windows per onnxruntime call; larger batches were no faster (11.2 ms/window at 1, 12.6 at 8)."""
+THREADS = 1
+"""onnxruntime threads: the STFT does not split across threads, and on 2 cores 2 threads
+measured 12-22 ms/window against 11.2 ms for one."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def cut_windows(audio: np.ndarray, window: int, hop: int) -> np.ndarray:
 class FrontEnd:
     """The ONNX log-mel front end in onnxruntime: waveforms [n, samples] -> mel [n, bands, frames]."""
 
-    def __init__(self, params: LogMelParams, window_samples: int, threads: int = 0):
+    def __init__(self, params: LogMelParams, window_samples: int, threads: int = THREADS):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         model = build_front_end_model(params, window_samples).SerializeToString()
@@ -128,9 +135,11 @@ class FrontEnd:
 def pool_features(mel: np.ndarray) -> np.ndarray:
     """[n, bands, frames] log-mel -> [n, 2*bands] float64: per-band mean over time, then max.
 
-    The mean carries a band's background level, the max its loudest call. Chosen over
-    mean+std, mean+std+max and window-centred means, which scored lower on the held-out
-    windows at every L2 tried (see the report in exporter/artefacts/README.md).
+    The mean carries a band's background level, the max its loudest call. Compared on the
+    held-out windows with mean+std, mean+std+max and window-centred mean+std at three L2
+    values: mean+max had the best top-1 accuracy and ROC AUC, centred mean+std a higher
+    macro AP; with one held-out window per frog species that is close to a tie, and
+    mean+max is two reductions in the graph (table in exporter/artefacts/README.md).
     The ONNX head (exporter/linear_head.py) pools the same way, in float64, from the same
     float32 mel; change both together.
     """
@@ -307,8 +316,8 @@ def evaluate(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, la
 
 
 def _windows_of(recordings: list[Recording], params: LogMelParams, window: int, log) -> dict[str, Any]:
-    """Train and held-out windows with their label (or None) and source."""
-    split: dict[str, dict[str, list]] = {s: {"audio": [], "label": [], "source": []} for s in ("train", "held_out")}
+    """Train and held-out windows with their label (None for a negative)."""
+    split: dict[str, dict[str, list]] = {s: {"audio": [], "label": []} for s in ("train", "held_out")}
     for rec in recordings:
         audio = load_audio(rec.path, params.sample_rate_hz)
         cut = int(len(audio) * TRAIN_FRACTION)
@@ -317,10 +326,12 @@ def _windows_of(recordings: list[Recording], params: LogMelParams, window: int, 
             "train": cut_windows(audio[:cut], window, int(TRAIN_HOP_S[kind] * params.sample_rate_hz)),
             "held_out": cut_windows(audio[cut:], window, int(HELD_OUT_HOP_S * params.sample_rate_hz)),
         }
+        if len(parts["train"]) > MAX_TRAIN_WINDOWS:
+            keep = np.linspace(0, len(parts["train"]) - 1, MAX_TRAIN_WINDOWS).round().astype(int)
+            parts["train"] = parts["train"][keep]
         for name, windows in parts.items():
             split[name]["audio"].extend(windows)
             split[name]["label"].extend([rec.label] * len(windows))
-            split[name]["source"].extend([rec.rel] * len(windows))
     log(f"windows: {len(split['train']['audio'])} train, {len(split['held_out']['audio'])} held out")
     return split
 
@@ -332,8 +343,6 @@ def train(data_dir: Path, l2: float = L2, log=print) -> TinyHead:
     params = LogMelParams.from_manifest(DEFAULT_LOG_MEL)
     window = int(WINDOW_S * params.sample_rate_hz)
     recordings = read_recordings(data_dir)
-    from exporter.manifest_builder import labels_from_taxonomy
-
     labels = labels_from_taxonomy(data_dir / "taxonomy.csv", {r.label for r in recordings if r.label})
     label_ids = [label["primary_label"] for label in labels]
     split = _windows_of(recordings, params, window, log)
@@ -358,7 +367,7 @@ def train(data_dir: Path, l2: float = L2, log=print) -> TinyHead:
         "excluded": EXCLUDED,
         "windows": {name: len(part["label"]) for name, part in split.items()},
         "window_s": WINDOW_S, "train_fraction": TRAIN_FRACTION, "train_hop_s": TRAIN_HOP_S,
-        "held_out_hop_s": HELD_OUT_HOP_S, "l2": l2, "pooling": POOLING,
+        "held_out_hop_s": HELD_OUT_HOP_S, "max_train_windows": MAX_TRAIN_WINDOWS, "l2": l2, "pooling": POOLING,
     }
     log(f"trained {len(labels)} labels in {time.perf_counter() - started:.1f} s")
     return head

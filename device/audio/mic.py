@@ -190,12 +190,16 @@ class MicrophoneSource:
                 callback=self._make_callback(generation),
                 finished_callback=lambda: self._on_finished(generation),
             )
-            self._last_callback = time.monotonic()
-            stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             raise AudioError(
                 f"{self.name}: cannot capture {self.channels} ch at {self.sample_rate_hz} Hz ({exc})"
             ) from None
+        self._last_callback = time.monotonic()
+        try:
+            stream.start()
+        except sd.PortAudioError as exc:
+            stream.close(ignore_errors=True)
+            raise AudioError(f"{self.name}: cannot start capturing ({exc})") from None
         self._stream = stream
 
     def _close_stream(self) -> None:

@@ -12,6 +12,7 @@ for writing. Whether a file was already analysed is the store's business: the ca
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,7 @@ class WatchFolder:
         self.recursive = recursive
         self._seen: dict[Path, _Seen] = {}
         self._finished: set[tuple[Path, int, float]] = set()  # done, or already offered by us
+        self._pending = 0
 
     def _candidates(self) -> set[Path]:
         found: set[Path] = set()
@@ -116,8 +118,9 @@ class WatchFolder:
         return found
 
     def pending(self) -> int:
-        """Files seen by the last scan that are still settling or being written."""
-        return len(self._seen)
+        """Files the last scan saw still settling or being written (empty files excluded:
+        a zero-byte file that stays empty is not a recording on its way)."""
+        return self._pending
 
     def ready_files(self, is_done: IsDone) -> list[Path]:
         """Scan once; return the files that are complete and not yet analysed, oldest first.
@@ -131,13 +134,14 @@ class WatchFolder:
         """
         now = time.monotonic()
         settled = []
+        waiting = 0
         present = self._candidates()
         for path in present:
             try:
                 st = path.stat()
             except OSError:
                 continue  # vanished between listing and stat
-            if not path.is_file():
+            if not stat.S_ISREG(st.st_mode):
                 continue
             version = (path, st.st_size, st.st_mtime)
             if version in self._finished:
@@ -145,8 +149,12 @@ class WatchFolder:
             seen = self._seen.get(path)
             if seen is None or (seen.size, seen.mtime) != (st.st_size, st.st_mtime):
                 self._seen[path] = _Seen(st.st_size, st.st_mtime, now)
+                waiting += 1
                 continue
-            if st.st_size == 0 or now - seen.since < self.settle_s:
+            if now - seen.since < self.settle_s:
+                waiting += 1
+                continue
+            if st.st_size == 0:
                 continue
             if is_done(path, st.st_size, st.st_mtime):
                 self._finished.add(version)
@@ -161,8 +169,10 @@ class WatchFolder:
         for _, path, version in sorted(settled):
             if path in busy:
                 self._seen[path].since = now  # still being written: settle again after it closes
+                waiting += 1
                 continue
             self._finished.add(version)
             del self._seen[path]
             ready.append(path)
+        self._pending = waiting
         return ready

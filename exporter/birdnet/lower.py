@@ -77,7 +77,8 @@ class Lowering:
         return v
 
     def _hint(self, index: int) -> str:
-        return self.g.tensors[index].name
+        # TFLite joins the names of fused tensors with ';'; the first one names the layer.
+        return self.g.tensors[index].name.split(";")[0]
 
     def value(self, index: int) -> Value:
         if index in self.values:
@@ -163,7 +164,7 @@ class Lowering:
                 arr = self.s[i].value.astype(np.float32)
                 if layout == NCHW:
                     arr = nhwc_const_to_nchw(arr)
-                names.append(self.b.const(arr, self._hint(i)))
+                names.append(self.b.const(arr, f"{hint}/{self._hint(i).split('/')[-1]}"))
             else:
                 names.append(self.in_layout(i, layout))
         out = self.b.node(onnx_op, names, hint)
@@ -422,10 +423,10 @@ class Lowering:
             name = self.tfl(x)
             if len(self._shape(x)) != 2:
                 name = self.b.node("Reshape", [name, self.b.i64([-1, depth], hint + "/flat")], hint + "/flat")
-        w = self.b.const(matrix.astype(np.float32), self._hint(w_index))
+        w = self.b.const(matrix.astype(np.float32), hint + "/weights")
         out = self.b.node("MatMul", [name, w], hint)
         if bias is not None:
-            bias_name = self.b.const(self.static_value(bias, "bias").astype(np.float32), self._hint(bias))
+            bias_name = self.b.const(self.static_value(bias, "bias").astype(np.float32), hint + "/bias")
             out = self.b.node("Add", [out, bias_name], hint + "/bias")
         self._set(op, self._activation(op, out))
 
@@ -437,9 +438,11 @@ class Lowering:
         _, ht, hb = conv_geometry(h, kernel[0], o["StrideH"], dil[0], o["Padding"])
         _, wl, wr = conv_geometry(w, kernel[1], o["StrideW"], dil[1], o["Padding"])
         hint = self._hint(op.outputs[0])
-        ins = [self.nchw(x), self.b.const(weights.astype(np.float32), self._hint(op.inputs[1]))]
+        # Parameters are named after the op's output: TFLite shares bias tensors between layers, and
+        # one initializer per node keeps per-node quantization (and its naming) unambiguous.
+        ins = [self.nchw(x), self.b.const(weights.astype(np.float32), hint + "/weights")]
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
-            ins.append(self.b.const(self.static_value(op.inputs[2], "conv bias").astype(np.float32), self._hint(op.inputs[2])))
+            ins.append(self.b.const(self.static_value(op.inputs[2], "conv bias").astype(np.float32), hint + "/bias"))
         out = self.b.node(
             "Conv", ins, hint, strides=[o["StrideH"], o["StrideW"]], pads=[ht, wl, hb, wr],
             dilations=list(dil), group=group, kernel_shape=list(kernel),

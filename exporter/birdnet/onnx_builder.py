@@ -52,8 +52,8 @@ class OnnxBuilder:
         self._const_cache: dict[tuple, str] = {}
 
     def unique(self, hint: str) -> str:
-        """A fresh name from ``hint`` (the TFLite tensor name, shortened to its first alias)."""
-        base = re.sub(r"[^A-Za-z0-9_./-]", "_", hint.split(";")[0]) or "t"
+        """A fresh name from ``hint`` (a TFLite layer name plus a role suffix)."""
+        base = re.sub(r"[^A-Za-z0-9_./:-]", "_", hint) or "t"
         name, i = base, 1
         while name in self._used:
             i += 1
@@ -67,10 +67,14 @@ class OnnxBuilder:
         self._used.add(name)
 
     def const(self, array: np.ndarray, hint: str) -> str:
-        """An initializer holding ``array``; identical small constants are shared."""
+        """An initializer holding ``array``; identical small integer constants (shapes, axes) are shared.
+
+        Float constants are never shared: onnxruntime's quantizer renames a bias it meets twice by
+        appending a digit, which can collide with an existing tensor name and rewire the graph.
+        """
         array = np.ascontiguousarray(array)
         key = None
-        if array.size <= 64:
+        if array.size <= 64 and array.dtype.kind in "iu":
             key = (array.dtype.str, array.shape, array.tobytes())
             if key in self._const_cache:
                 return self._const_cache[key]

@@ -4,6 +4,13 @@ The spectrogram front end (everything before the first Conv: normalisation, fram
 DFT/mel matrix, ``** 0.46``) stays float32. Its values span six orders of magnitude and feed a power
 law with infinite slope at zero, so 8-bit activations there wreck the embedding (measured by the
 team before this module). Only the CNN after it is quantized.
+
+Measured verdict (bench/birdnet_cost.py): post-training int8 does not pay for BirdNET. With every
+Conv/MatMul of the CNN quantized the embedding's cosine to fp32 falls to ~0.79 and top-1 agrees on
+about half the windows; even stages 3-4 alone give ~0.95 cosine. The damage starts in block 1:
+weights and inputs of one conv fake-quantized by hand keep cosine 0.9998, but the quantized *output*
+of the first expand conv feeds a swish and a BN-folded depthwise conv that amplify its rounding
+~20x. Fixing that needs cross-layer equalisation or quantization-aware training, not calibration.
 """
 
 from __future__ import annotations
@@ -53,11 +60,14 @@ def quantize_birdnet_int8(
     calibration_windows: np.ndarray,
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES,
     per_channel: bool = True,
+    keep_fp32_prefixes: tuple[str, ...] = (),
 ) -> Path:
     """Write an int8 QDQ copy of ``fp32_path`` (activations uint8, weights int8 per channel).
 
     Args:
         calibration_windows: real 3 s windows at 48 kHz, shape [n, 144000]; a few dozen suffice.
+        keep_fp32_prefixes: node-name prefixes kept float32 besides the front end, e.g.
+            ``("model/CONV_0", "model/POOL_0", "model/BLOCK_1", "model/BLOCK_2")`` for stages 3-4 only.
 
     Raises:
         ValueError: no calibration windows.
@@ -69,11 +79,13 @@ def quantize_birdnet_int8(
         raise ValueError("int8 calibration needs at least one real window")
     model = onnx.load(str(fp32_path))
     exclude = frontend_nodes(model)
+    exclude += [n.name for n in model.graph.node if keep_fp32_prefixes and n.name.startswith(keep_fp32_prefixes)]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        # Shape inference lets the quantizer see every tensor's rank; graph optimisation is skipped
+        # ONNX shape inference (every axis but the batch is static, so sympy-based symbolic inference
+        # is not needed) lets the quantizer see each tensor; graph optimisation is skipped
         # so the front-end node names we exclude survive.
-        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True)
+        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out_path),

@@ -87,3 +87,12 @@ def test_a_home_inside_a_git_working_tree_gets_no_signing_key(tmp_path):
     with pytest.raises(SigningError, match="git working tree"):
         build_demo_bundle(home)
     assert not home.signing_keys.exists() and home.active_bundle() is None
+
+
+def test_a_fresh_clone_builds_from_examples_alone(tmp_path, examples_dir):
+    """No shared data: the committed head plus the repository's examples/ are enough."""
+    recordings = example_recordings(examples_dir, tmp_path / "no-shared-data")
+    assert [p.parent for p in recordings] == [examples_dir] * len(EXAMPLES)
+    home = ExplorerHome.resolve(tmp_path / "home")
+    path = build_demo_bundle(home, recordings=recordings)
+    assert verify_bundle(path, home.trusted_keys).manifest.provenance["parity"][0]["recordings"] == [p.name for p in recordings]

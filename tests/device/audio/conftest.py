@@ -30,14 +30,11 @@ def pulse():
     """tests/pulse.py: feed_recording, unload_pipe_source, ensure_virtual_mic."""
     return _load_pulse()
 
-AUDIO = TESTS.parent.parent / "shared" / "data" / "audio"
-"""../shared/data/audio from the repository root (read-only real recordings)."""
-
 
 @pytest.fixture(scope="session")
-def audio_dir() -> Path:
-    assert AUDIO.is_dir(), f"real recordings missing: {AUDIO} (see ../shared/data/README.md)"
-    return AUDIO
+def audio_dir(shared_data: Path) -> Path:
+    """The real recordings (../shared/data/audio; read-only)."""
+    return shared_data / "audio"
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def test_a_slow_consumer_loses_only_counted_items_in_order() -> None:
     assert snap.drops > 0 and snap.depth == 0 and snap.max_depth == 16
     for who in range(4):  # each producer's items arrive in the order put
         mine = [i for w, i in received if w == who]
-        assert mine and mine == sorted(mine)
+        assert mine == sorted(mine)  # (a producer may lose all of its items to the others)
 
 
 def test_put_blocking_applies_backpressure_instead_of_dropping() -> None:

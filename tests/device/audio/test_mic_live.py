@@ -15,9 +15,10 @@ import pytest
 import soundfile as sf
 from scipy.signal import correlate
 
+from device.audio import mic
 from device.audio.mic import MicStatus, MicrophoneSource
 from device.audio.resample import resample
-from device.audio.types import AudioBlock
+from device.audio.types import AudioBlock, AudioSource
 
 CAPTURE_S = 5.0
 """Audio captured per check: long enough for a soundscape's calls to make a unique match."""
@@ -69,6 +70,7 @@ def as_fed(blocks: list[AudioBlock], rate: int, to_hz: int) -> np.ndarray:
 def test_captured_audio_is_the_recording_fed_in(virtual_mic, feeder, audio_dir: Path) -> None:
     source = MicrophoneSource("pulse", block_s=0.25)
     try:
+        assert isinstance(source, AudioSource)
         assert source.name == "mic:pulse" and source.status().state == "capturing"
         collector = Collector(source)
         assert wait_for(lambda: collector.seconds(source.sample_rate_hz) >= CAPTURE_S, 20)
@@ -138,7 +140,7 @@ def test_an_unplugged_microphone_is_reconnected(virtual_mic, pulse, feeder) -> N
         assert wait_for(lambda: source.status().state == "capturing", 10)
         states.append(source.status())
         resumed = len(collector.blocks)
-        assert wait_for(lambda: collector.seconds(source.sample_rate_hz, since=resumed) >= CAPTURE_S, 20)
+        assert wait_for(lambda: collector.seconds(source.sample_rate_hz, since=resumed) >= 3.0, 20)
     finally:
         source.close()
     collector.thread.join(5)
@@ -157,3 +159,25 @@ def test_an_unplugged_microphone_is_reconnected(virtual_mic, pulse, feeder) -> N
         as_fed(collector.blocks[resumed:], source.sample_rate_hz, virtual_mic.rate_hz), feeder.samples
     )
     assert score > 0.9, f"audio after the reconnect does not match the recording (NCC {score:.3f})"
+
+
+def test_a_device_that_stops_delivering_is_reopened(virtual_mic, feeder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mic, "STALL_S", 1.0)  # a sound card silent this long is treated as gone
+    source = MicrophoneSource("pulse", block_s=0.1, reconnect_max_s=1.0)
+    try:
+        collector = Collector(source)
+        assert wait_for(lambda: collector.seconds(source.sample_rate_hz) >= 0.5, 10)
+        feeder.pause()  # PortAudio reports nothing: the callbacks just stop
+        try:
+            assert wait_for(lambda: source.status().state == "reconnecting", 5)
+            stalled = source.status()
+        finally:
+            feeder.resume()
+        resumed = len(collector.blocks)
+        assert wait_for(lambda: collector.seconds(source.sample_rate_hz, since=resumed) >= 1.0, 10)
+        assert wait_for(lambda: source.status().state == "capturing", 5)
+    finally:
+        source.close()
+    collector.thread.join(5)
+    assert "no audio from the device" in stalled.last_error
+    assert source.status().reconnects >= 1

@@ -108,6 +108,7 @@ def test_temporary_and_hidden_names_and_other_files_are_ignored(tmp_path: Path, 
     (tmp_path / "empty.wav").write_bytes(b"")
     folder = WatchFolder(tmp_path, settle_s=SETTLE_S)
     assert scan_until(folder, Done(), SETTLE_S * 3) == [tmp_path / "day2" / "20230420_074000.WAV"]
+    assert folder.pending() == 0  # the empty file is not a recording on its way
 
 
 def test_a_restart_neither_reprocesses_nor_skips(tmp_path: Path, audio_dir: Path) -> None:

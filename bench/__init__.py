@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` (see bench/pipeline_bench.py). Printed tables, never test assertions."""
