@@ -60,11 +60,12 @@ class Window:
 
     @property
     def end_s(self) -> float:
-        return self.start_s + self.duration_s
+        """Offset of the last real sample's end (zero padding is not audio heard)."""
+        return self.start_s + self.real_samples / self.sample_rate_hz
 
     @property
     def ended_on(self) -> datetime:
-        return self.started_on + timedelta(seconds=self.duration_s)
+        return self.started_on + timedelta(seconds=self.real_samples / self.sample_rate_hz)
 
     @property
     def real_samples(self) -> int:

@@ -277,9 +277,12 @@ class Pipeline:
                 try:
                     store.save_detection(op.detection, final=(op.kind == "close"))
                 except Exception as exc:
-                    log.error("could not store detection %s (%s): %s", op.detection.detection_id, op.kind, exc)
                     with self._lock:
                         self._status.store_errors += 1
+                        errors = self._status.store_errors
+                    if errors == 1 or errors % 100 == 0:  # a full card fails every write: say so, not 1000 times
+                        log.error("could not store detection %s (%s; %d store errors so far): %s",
+                                  op.detection.detection_id, op.kind, errors, exc)
                     continue
                 if op.kind == "open":
                     self.latencies_s.append(time.monotonic() - op.emitted_at)

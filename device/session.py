@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from device.audio.files import AUDIO_EXTENSIONS
 from device.audio.types import AudioSource
 from device.config import Settings
 from device.domain import Detection
@@ -33,6 +34,10 @@ def open_source(spec: str, settings: Settings, realtime: bool = False) -> tuple[
         from device.audio.files import FileSource
 
         return FileSource(path, realtime=realtime), realtime
+    if "/" in spec or path.suffix.lower() in AUDIO_EXTENSIONS:
+        from device.audio.types import AudioError
+
+        raise AudioError(f"{spec}: no such file (and a microphone name would not look like a path)")
     from device.audio.mic import MicrophoneSource
 
     device = settings.audio.microphone if spec == "mic" else spec
@@ -89,8 +94,14 @@ class DeviceSession:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline.wait()
-        if stop_own_tour and self.own_tour:
-            active = self.store.active_tour()
-            if active is not None:
-                self.store.stop_tour(active.tour_id)
-        self.store.close()
+        from device.store import StoreError
+
+        try:
+            if stop_own_tour and self.own_tour:
+                active = self.store.active_tour()
+                if active is not None:
+                    self.store.stop_tour(active.tour_id)
+        except StoreError as exc:  # a full card: the tour stays open, the next start can stop it
+            log.error("%s", exc)
+        finally:
+            self.store.close()

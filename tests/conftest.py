@@ -28,3 +28,28 @@ def examples_dir() -> Path:
 def no_developer_home(tmp_path_factory, monkeypatch):
     """Keep the developer's own $EXPLORER_HOME (config, database, keys) out of every test."""
     monkeypatch.setenv("EXPLORER_HOME", str(tmp_path_factory.mktemp("explorer-home")))
+
+
+@pytest.fixture(scope="session")
+def demo_home_template(tmp_path_factory) -> Path:
+    """A data home holding the demo bundle (built once per test session), its key and trust list."""
+    from device.home import ExplorerHome
+    from exporter.demo_bundle import build_demo_bundle
+
+    home = ExplorerHome.resolve(tmp_path_factory.mktemp("demo-home-template")).ensure()
+    build_demo_bundle(home)
+    return home.root
+
+
+@pytest.fixture
+def device_home(demo_home_template, tmp_path, monkeypatch):
+    """A fresh data home for this test, with the demo bundle active; $EXPLORER_HOME points at it."""
+    import shutil
+
+    from device.home import ExplorerHome
+
+    root = tmp_path / "home"
+    shutil.copytree(demo_home_template, root, symlinks=True)
+    monkeypatch.setenv("EXPLORER_HOME", str(root))
+    return ExplorerHome.resolve(root)
+

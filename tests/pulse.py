@@ -15,7 +15,9 @@ audio against the fed recording by searching for the best lag, never by position
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import subprocess
 import sys
@@ -87,6 +89,30 @@ def ensure_virtual_mic() -> VirtualMic:
 @pytest.fixture(scope="session")
 def virtual_mic() -> VirtualMic:
     return ensure_virtual_mic()
+
+
+LOCK = Path("/tmp/explorer-virtual-mic.lock")
+"""Held while a test feeds or unplugs the virtual microphone: two test runs on one machine
+would otherwise write into the same FIFO and unload each other's source."""
+
+
+@contextlib.contextmanager
+def exclusive_virtual_mic(timeout_s: float = 300.0):
+    """Wait (up to `timeout_s`) until no other process is using the virtual microphone."""
+    with open(LOCK, "w") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another test run held {LOCK} for {timeout_s} s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def pipe_source_module(source: str) -> str | None:

@@ -175,7 +175,7 @@ class FileSource:
                 reason = getattr(exc, "error_string", "") or str(exc) or type(exc).__name__
                 raise AudioError(
                     f"{self.path}: decoding failed at {at_s:.1f} s of {self.duration_s:.1f} s "
-                    f"(truncated or corrupt file: {reason}); the audio before it was analysed"
+                    f"(truncated or corrupt file: {reason}); the blocks before it were delivered"
                 ) from None
             if len(frames) == 0:
                 break

@@ -75,7 +75,15 @@ def load_trust_list(trust_dir: Path) -> dict[str, TrustedKey]:
 
 
 def check_files(bundle_dir: Path, manifest: Manifest) -> None:
-    """Every file the manifest pins exists and matches its sha256."""
+    """Every file the manifest pins exists and matches its sha256, and nothing else is there.
+
+    An unpinned file is refused because nothing vouches for it: a bundle is exactly what
+    its signed manifest lists.
+    """
+    allowed = set(manifest.files()) | {MANIFEST_FILE, SIGNATURE_FILE}
+    extra = sorted(p.name for p in Path(bundle_dir).iterdir() if p.name not in allowed)
+    if extra:
+        raise BundleError(f"{bundle_dir}: holds files the manifest does not pin: {extra[:5]}")
     for name, expected in manifest.files().items():
         path = Path(bundle_dir) / name
         if not path.is_file():

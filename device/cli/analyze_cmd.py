@@ -9,7 +9,7 @@ import click
 
 from device.cli.common import home_of
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".oga", ".opus")
+from device.audio.files import AUDIO_EXTENSIONS
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[Path]:
@@ -18,7 +18,7 @@ def expand_inputs(paths: tuple[str, ...]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()))
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()))
         else:
             files.append(path)
     return files

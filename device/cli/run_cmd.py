@@ -32,13 +32,21 @@ def configure_logging(home, verbose: bool) -> None:
     )
 
 
-def print_detection(detection) -> None:
-    when = detection.started_on.strftime("%H:%M:%S")
-    kind = "also" if detection.secondary else "heard"
-    click.echo(
-        f"{when} {kind} {detection.label:>10}  {detection.confidence:.2f}  "
-        f"{detection.start_s:7.1f}-{detection.end_s:.1f} s  ({detection.window_count} windows)"
-    )
+def detection_printer(manifest):
+    """A callback printing each closed detection as one line a person can read."""
+    names = {label.primary_label: label for label in manifest.labels}
+
+    def print_detection(detection) -> None:
+        label = names.get(detection.label)
+        species = f"{label.common_name} ({label.scientific_name}, {label.class_name})" if label else detection.label
+        when = detection.started_on.strftime("%H:%M:%S")
+        kind = "also heard" if detection.secondary else "heard"
+        click.echo(
+            f"{when} {kind} {species}  confidence {detection.confidence:.2f}  "
+            f"{detection.start_s:.1f}-{detection.end_s:.1f} s ({detection.window_count} windows)"
+        )
+
+    return print_detection
 
 
 def print_summary(store, tour_id: str) -> None:
@@ -105,7 +113,7 @@ def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> No
         raise click.ClickException(str(exc)) from None
     session = DeviceSession(home, settings, engine)
     tour_id = session.ensure_tour()
-    pipeline = session.start(source, live, tour_id, on_detection=print_detection)
+    pipeline = session.start(source, live, tour_id, on_detection=detection_printer(engine.manifest))
     manifest = engine.manifest
     log.info("listening to %s with %s %s (%d labels)", source.name, manifest.name, manifest.version, len(engine.labels))
     stopping = threading.Event()
@@ -127,15 +135,23 @@ def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> No
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    status = pipeline.status()
     session.finish()
-    from device.store import Store
+    status = pipeline.status()
+    from device.store import Store, StoreError
 
-    with Store.open(home.database) as store:
-        print_summary(store, tour_id)
+    try:
+        with Store.open(home.database) as store:
+            print_summary(store, tour_id)
+    except StoreError as exc:
+        log.error("no tour summary: %s", exc)
     click.echo(
         f"{status.windows_inferred} windows, {status.audio_s:.0f} s of audio, RTF {status.rtf:.3f}, "
         f"{status.windows_dropped} dropped, {status.detections_closed} detections, {status.clips_written} clips"
     )
     if status.error:
         raise click.ClickException(status.error)
+    if status.store_errors or status.clip_errors:
+        raise click.ClickException(
+            f"{status.store_errors} detection writes and {status.clip_errors} clips could not be stored "
+            f"(disk full or failing? see {home.logs / 'explorer.log'}); everything stored before is intact"
+        )

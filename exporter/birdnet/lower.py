@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from exporter.birdnet.framing import fold_framed_linear
 from exporter.birdnet.onnx_builder import NCHW, NCHW_TO_NHWC, NHWC_TO_NCHW, TFL, OnnxBuilder, Value, float_input, nhwc_const_to_nchw
 from exporter.birdnet.static import StaticGraph, conv_geometry, strided_slices
 from exporter.birdnet.tflite_graph import TflGraph, TflOp
@@ -28,9 +29,15 @@ _SAME_ORDER_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}  # NHWC axis -> NCHW axis
 class Lowering:
     """One conversion run: walks ``graph`` in order and emits ONNX nodes into a builder."""
 
-    def __init__(self, graph: TflGraph, static: StaticGraph, fold_dft: bool = True):
-        """``fold_dft=False`` emits the DFT and the mel filter bank as two products (for comparison)."""
+    def __init__(self, graph: TflGraph, static: StaticGraph, fold_dft: bool = True, frames_as_conv: bool = True):
+        """Lower ``graph``; the two flags switch off the front-end folds (to measure what they buy).
+
+        Args:
+            fold_dft: fold the DFT into the mel filter bank (one matrix instead of two products).
+            frames_as_conv: emit framing + folded matrix as a strided Conv (see framing.py).
+        """
         self.fold_dft = fold_dft
+        self.frames_as_conv = frames_as_conv and fold_dft
         self.g = graph
         self.s = static
         self.b = OnnxBuilder()
@@ -414,7 +421,8 @@ class Lowering:
         if op.options.get("KeepNumDims", False):
             raise NotImplementedError(f"operator {op.index} FULLY_CONNECTED with keep_num_dims")
         v = self.value(x)
-        if self.fold_dft and v.linear is not None and not v.is_complex and len(self._shape(x)) == 2:
+        folded = self.fold_dft and v.linear is not None and not v.is_complex and len(self._shape(x)) == 2
+        if folded:
             # Fold the pending DFT into the filter bank: one [K_in, units] product, in float64.
             matrix = v.linear @ weights.T
             name = v.name
@@ -423,8 +431,9 @@ class Lowering:
             name = self.tfl(x)
             if len(self._shape(x)) != 2:
                 name = self.b.node("Reshape", [name, self.b.i64([-1, depth], hint + "/flat")], hint + "/flat")
-        w = self.b.const(matrix.astype(np.float32), hint + "/weights")
-        out = self.b.node("MatMul", [name, w], hint)
+        out = fold_framed_linear(self.b, name, matrix, hint) if folded and self.frames_as_conv else None
+        if out is None:
+            out = self.b.node("MatMul", [name, self.b.const(matrix.astype(np.float32), hint + "/weights")], hint)
         if bias is not None:
             bias_name = self.b.const(self.static_value(bias, "bias").astype(np.float32), hint + "/bias")
             out = self.b.node("Add", [out, bias_name], hint + "/bias")

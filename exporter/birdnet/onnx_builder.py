@@ -102,6 +102,15 @@ class OnnxBuilder:
                     if name == old:
                         seq[k] = new
 
+    def _live_nodes(self, wanted: set[str]) -> list[onnx.NodeProto]:
+        """Nodes the outputs depend on, in order: peepholes leave the chains they replaced dead."""
+        needed, live = set(wanted), []
+        for node in reversed(self.nodes):
+            if needed.intersection(node.output):
+                live.append(node)
+                needed.update(node.input)
+        return live[::-1]
+
     def model(
         self,
         inputs: list[onnx.ValueInfoProto],
@@ -110,9 +119,10 @@ class OnnxBuilder:
         ir_version: int,
         graph_name: str,
     ) -> onnx.ModelProto:
-        used = {i for n in self.nodes for i in n.input}
+        nodes = self._live_nodes({o.name for o in outputs})
+        used = {i for n in nodes for i in n.input}
         inits = [t for t in self.initializers if t.name in used]
-        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, initializer=inits)
+        graph = helper.make_graph(nodes, graph_name, inputs, outputs, initializer=inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = ir_version
         return model

@@ -6,6 +6,7 @@ with like. LiteRT (``ai-edge-litert``) is a development-side dependency only: th
 
 from __future__ import annotations
 
+import warnings
 from math import gcd
 from pathlib import Path
 
@@ -87,11 +88,14 @@ class LiteRtBirdnet:
         self._make(1)
 
     def _make(self, batch: int) -> None:
-        it = self._interpreter_cls(
-            model_path=str(self.path),
-            num_threads=self.threads,
-            experimental_preserve_all_tensors=self.with_embedding,
-        )
+        with warnings.catch_warnings():
+            # LiteRT warns that preserving tensors is for debugging; reading the embedding is why we do.
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            it = self._interpreter_cls(
+                model_path=str(self.path),
+                num_threads=self.threads,
+                experimental_preserve_all_tensors=self.with_embedding,
+            )
         self.input_index = it.get_input_details()[0]["index"]
         self.output_index = it.get_output_details()[0]["index"]
         if batch != 1:

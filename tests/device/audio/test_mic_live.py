@@ -58,9 +58,11 @@ class Collector:
 
 @pytest.fixture(scope="module")
 def feeder(virtual_mic, pulse, soundscape: Path):
-    running = pulse.feed_recording(soundscape, virtual_mic.fifo, rate_hz=virtual_mic.rate_hz, loop=True)
-    yield running
-    running.stop()
+    with pulse.exclusive_virtual_mic():
+        pulse.ensure_virtual_mic()  # another run may have left the source unplugged
+        running = pulse.feed_recording(soundscape, virtual_mic.fifo, rate_hz=virtual_mic.rate_hz, loop=True)
+        yield running
+        running.stop()
 
 
 def as_fed(blocks: list[AudioBlock], rate: int, to_hz: int) -> np.ndarray:

@@ -1,0 +1,36 @@
+"""The pieces under the converter: static folding and TF's SAME padding rule."""
+
+from __future__ import annotations
+
+import onnx
+
+from exporter.birdnet.static import StaticGraph, conv_geometry
+from exporter.birdnet.tflite_graph import read_tflite
+
+
+def test_same_padding_puts_the_odd_pixel_at_the_end_like_tensorflow():
+    # 96 mel bins, kernel 4, stride 2 -> 48 rows; TF pads 1 before and 1 after.
+    assert conv_geometry(96, 4, 2, 1, 0) == (48, 1, 1)
+    # 511 frames, kernel 8, stride 2 -> 256 columns; 7 padding cells: 3 before, 4 after.
+    assert conv_geometry(511, 8, 2, 1, 0) == (256, 3, 4)
+    assert conv_geometry(50, 3, 2, 1, 1) == (24, 0, 0)  # VALID
+
+
+def test_frame_indices_fold_to_constants_and_reshape_targets_follow_the_batch(birdnet):
+    graph = read_tflite(birdnet.tflite_path)
+    static = StaticGraph(graph, (1, 144000))
+    by_name = {t.name: t.index for t in graph.tensors}
+    frames = static[by_name["model/MEL_SPEC1/stft/frame/add_1"]]
+    assert frames.value.shape == (511, 1024)  # 511 frames of 2048 samples, hop 278, in pairs
+    se_target = static[by_name["model/BLOCK_2-1_SE_RESHAPE/Reshape/shape"]]
+    assert se_target.value is None and se_target.batch_dependent_value
+    assert static[by_name["model/concatenate/concat"]].shape == (-1, 96, 511, 2)
+
+
+def test_the_cnn_runs_nchw_after_a_single_layout_transpose(birdnet):
+    model = onnx.load(str(birdnet.onnx_path))
+    transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+    to_nchw = [n for n in transposes if list(n.attribute[0].ints) == [0, 3, 1, 2]]
+    assert len(to_nchw) == 1
+    # Every other transpose is TFLite's own [0, 2, 1] on the 3-D spectrogram, before the CNN.
+    assert all(list(n.attribute[0].ints) == [0, 2, 1] for n in transposes if n not in to_nchw)
