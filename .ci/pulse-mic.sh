@@ -49,6 +49,7 @@ fi
 pactl set-default-source "$SOURCE"
 
 server="$(pactl info | sed -n 's/^Server String: //p')"
+server="${server#unix:}"  # with PULSE_SERVER already set, pactl reports it with its prefix
 echo "PULSE_SERVER=unix:$server"
 echo "FIFO=$FIFO"
 echo "SOURCE=$SOURCE"

@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path, help="an already converted model (default: convert now)")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per engine and thread count")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder")
+    parser.add_argument("--batch", type=int, default=1, help="windows per call (the device sends 2); ms are per window")
     args = parser.parse_args()
     tflite = find_birdnet_file()
     with tempfile.TemporaryDirectory(prefix="birdnet-cost-") as tmp:
@@ -117,15 +118,15 @@ def main() -> None:
             for name, path in variants.items()
             if name != "onnx fp32"
         }
-        window = evaluation[:1]
+        window = evaluation[: args.batch]
         rows: dict[str, dict[int, float]] = {}
         for threads in (1, 2):
             engines = {"litert tflite (baseline)": LiteRtBirdnet(tflite, threads=threads, with_embedding=False)}
             engines.update({name: OnnxBirdnet(path, threads=threads) for name, path in variants.items()})
             for name, ms in time_engines(engines, window, args.repeats).items():
-                rows.setdefault(name, {})[threads] = ms
+                rows.setdefault(name, {})[threads] = ms / args.batch
         base = rows["litert tflite (baseline)"]
-        print(f"\nBirdNET V2.4, median ms per 3 s window (batch 1, {args.repeats} interleaved runs)")
+        print(f"\nBirdNET V2.4, median ms per 3 s window (batch {args.batch}, {args.repeats} interleaved runs)")
         print(f"{'variant':26} {'1 thread':>16} {'2 threads':>16}   error vs onnx fp32 ({len(evaluation)} held-out windows)")
         for name, by_threads in rows.items():
             cells = [f"{by_threads[t]:7.1f} ({by_threads[t] / base[t]:4.2f}x)" for t in (1, 2)]

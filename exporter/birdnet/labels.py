@@ -23,7 +23,6 @@ from pathlib import Path
 
 from exporter.birdnet.convert import LABELS_FILE, N_CLASSES, find_birdnet_file
 
-
 ALIASES_CHECKED = {
     "shghum1": ("Lepidopyga goudoti", "Amazilia goudoti", "Sapphironia goudoti", "Shining-green Hummingbird"),
 }

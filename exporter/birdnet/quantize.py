@@ -1,7 +1,7 @@
 """An int8 static-QDQ variant of the converted BirdNET, calibrated on real recordings.
 
-The spectrogram front end (everything before the first Conv: normalisation, framing, the folded
-DFT/mel matrix, ``** 0.46``) stays float32. Its values span six orders of magnitude and feed a power
+The spectrogram front end (everything before the first 2-D Conv: normalisation, the framing Conv
+that holds the folded DFT/mel matrix, ``** 0.46``) stays float32. Its values span six orders of magnitude and feed a power
 law with infinite slope at zero, so 8-bit activations there wreck the embedding (measured by the
 team before this module). Only the CNN after it is quantized.
 
@@ -30,17 +30,21 @@ DEFAULT_OP_TYPES = ("Conv", "MatMul")
 
 
 def frontend_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that run before the first Conv (the spectrogram front end).
+    """Names of the nodes that run before the first 2-D Conv (the spectrogram front end).
+
+    The front end has 1-D Convs of its own (framing + DFT + mel, see framing.py); the CNN starts
+    at the first convolution with a two-axis kernel.
 
     Raises:
-        ValueError: the graph has no Conv.
+        ValueError: the graph has no 2-D Conv.
     """
     names = []
     for node in model.graph.node:
-        if node.op_type == "Conv":
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
+        if node.op_type == "Conv" and len(kernel) == 2:
             return names
         names.append(node.name)
-    raise ValueError("the model has no Conv node; cannot tell the front end from the CNN")
+    raise ValueError("the model has no 2-D Conv node; cannot tell the front end from the CNN")
 
 
 class _WindowReader:

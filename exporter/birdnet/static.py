@@ -127,17 +127,6 @@ def _dummy(a: Abstract) -> np.ndarray:
     return np.broadcast_to(np.zeros((), np.int8), a.shape)
 
 
-def _indexing(fn):
-    """Rules for pure data-movement ops: run them on the value, or on a dummy for the shape."""
-
-    def rule(op, ins, graph):
-        data = _dummy(ins[0])
-        out = np.asarray(fn(op, data, ins))
-        return [Abstract(out.shape, out if ins[0].value is not None else None)]
-
-    return rule
-
-
 def _reduce(fn):
     def rule(op, ins, graph):
         axes = tuple(int(a) % len(ins[0].shape) for a in np.atleast_1d(ins[1].value))

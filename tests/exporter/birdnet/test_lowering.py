@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from exporter.birdnet.static import StaticGraph, conv_geometry
@@ -34,3 +35,20 @@ def test_the_cnn_runs_nchw_after_a_single_layout_transpose(birdnet):
     assert len(to_nchw) == 1
     # Every other transpose is TFLite's own [0, 2, 1] on the 3-D spectrogram, before the CNN.
     assert all(list(n.attribute[0].ints) == [0, 2, 1] for n in transposes if n not in to_nchw)
+
+
+def test_framing_as_a_strided_conv_equals_the_gather_and_matmul_it_replaces(birdnet, soundscape_windows, tmp_path):
+    from exporter.birdnet.lower import Lowering
+    from exporter.birdnet.runners import OnnxBirdnet
+
+    graph = read_tflite(birdnet.tflite_path)
+    plain = Lowering(graph, StaticGraph(graph, (1, 144000)), frames_as_conv=False)
+    path = tmp_path / "gather.onnx"
+    onnx.save(plain.run("waveform", {546: "logits", 545: "embedding"}, "plain"), str(path))
+    default = onnx.load(str(birdnet.onnx_path))
+    assert [n.op_type for n in default.graph.node].count("Gather") == 0
+    kernels = [next(a.ints for a in n.attribute if a.name == "kernel_shape") for n in default.graph.node if n.op_type == "Conv"]
+    assert [list(k) for k in kernels if len(k) == 1] == [[2048], [1024]]  # one per spectrogram
+    a, _ = OnnxBirdnet(birdnet.onnx_path).run(soundscape_windows[:2])
+    b, _ = OnnxBirdnet(path).run(soundscape_windows[:2])
+    assert np.abs(a - b).max() < 1e-3
