@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXAMPLE ?= examples/H02_20230420_074000.ogg
+EXAMPLE ?= examples/birdclef_train_3.ogg
 APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils mosquitto ffmpeg
 
 .PHONY: demo test setup system-deps bench clean

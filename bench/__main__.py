@@ -12,6 +12,7 @@ from bench import pipeline_bench
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "H02_20230420_074000.ogg"
 EXAMPLE_44K = REPO / "examples" / "spinetail.wav"
+EXAMPLE_FROG = REPO / "examples" / "birdclef_train_2.ogg"  # Allobates femoralis calling for 105 s
 
 
 def bundle_home(bundle: str | None):
@@ -44,7 +45,7 @@ def main() -> None:
     for recording in (EXAMPLE, EXAMPLE_44K):
         pipeline_bench.overhead(engine, recording, args.repeats)
     if not args.skip_latency:
-        pipeline_bench.latency(engine, EXAMPLE, args.latency_seconds)
+        pipeline_bench.latency(engine, EXAMPLE_FROG, args.latency_seconds)
 
 
 if __name__ == "__main__":

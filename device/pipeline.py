@@ -133,7 +133,7 @@ class Pipeline:
         self.merger = EventMerger(stamp, settings.detection.merge_gap_windows)
         self.windows = DropOldestQueue(settings.audio.queue_windows, "inference")
         self.store_ops: DropOldestQueue = DropOldestQueue(WRITER_QUEUE, "writer")
-        self.ui_events = DropOldestQueue(UI_QUEUE, "ui")
+        self.ui_events = DropOldestQueue(UI_QUEUE, "ui", drop_note="the screen skips an update, no audio is lost")
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._status = PipelineStatus(source=source.name, bundle=f"{manifest.name} {manifest.version}", tour_id=tour_id)
         self._lock = threading.Lock()
@@ -284,8 +284,9 @@ class Pipeline:
                         log.error("could not store detection %s (%s; %d store errors so far): %s",
                                   op.detection.detection_id, op.kind, errors, exc)
                     continue
-                if op.kind == "open":
+                if op.kind != "close":  # a window's label committed: sound-to-log latency
                     self.latencies_s.append(time.monotonic() - op.emitted_at)
+                if op.kind == "open":
                     with self._lock:
                         self._status.detections_opened += 1
                 self.ui_events.put(UiEvent("detection", detection=op.detection, state=op.kind))

@@ -46,15 +46,17 @@ class QueueSnapshot:
 class DropOldestQueue(Generic[T]):
     """A thread-safe FIFO of at most `maxsize` items whose `put` never blocks."""
 
-    def __init__(self, maxsize: int, name: str) -> None:
+    def __init__(self, maxsize: int, name: str, drop_note: str = "every drop is audio heard and never analysed") -> None:
         """
         Args:
             maxsize: Items held at most; past it `put` discards the oldest.
             name: Names the queue in logs and snapshots (e.g. `mic:USB Audio`).
+            drop_note: What a drop costs, for the log line (a display queue loses only a redraw).
         """
         if maxsize < 1:
             raise ValueError(f"queue {name!r}: maxsize must be at least 1, got {maxsize}")
         self.name = name
+        self.drop_note = drop_note
         self.maxsize = int(maxsize)
         self._items: deque[T] = deque()
         self._lock = threading.Lock()
@@ -76,9 +78,8 @@ class DropOldestQueue(Generic[T]):
             self._append(item)
         if dropped == 1 or (dropped and dropped % LOG_EVERY_DROPS == 0):
             log.warning(
-                "queue %s full (%d): dropped its oldest item, %d dropped so far; "
-                "every drop is audio heard and never analysed",
-                self.name, self.maxsize, dropped,
+                "queue %s full (%d): dropped its oldest item, %d dropped so far; %s",
+                self.name, self.maxsize, dropped, self.drop_note,
             )
 
     def put_blocking(self, item: T, timeout: float | None = None) -> None:

@@ -173,7 +173,11 @@ def convert_birdnet(out_path: Path, tflite_path: Path | None = None) -> Conversi
     onnx.checker.check_model(model, full_check=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
-    max_abs = _classifier_check(out_path, graph.tensors[w].data, graph.tensors[b].data)
+    try:
+        max_abs = _classifier_check(out_path, graph.tensors[w].data, graph.tensors[b].data)
+    except ValueError:
+        out_path.unlink()  # never leave a model that failed its own check where a bundle could pick it up
+        raise
     return ConversionReport(
         onnx_path=out_path,
         tflite_path=tflite_path,

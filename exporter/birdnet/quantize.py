@@ -5,9 +5,11 @@ that holds the folded DFT/mel matrix, ``** 0.46``) stays float32. Its values spa
 law with infinite slope at zero, so 8-bit activations there wreck the embedding (measured by the
 team before this module). Only the CNN after it is quantized.
 
-Measured verdict (bench/birdnet_cost.py): post-training int8 does not pay for BirdNET. With every
-Conv/MatMul of the CNN quantized the embedding's cosine to fp32 falls to ~0.79 and top-1 agrees on
-about half the windows; even stages 3-4 alone give ~0.95 cosine. The damage starts in block 1:
+Measured verdict (bench/birdnet_cost.py, 30 held-out real windows, one thread on the dev VM):
+post-training int8 does not pay for BirdNET. With every Conv/MatMul of the CNN quantized it runs
+14.9 ms per window against 17.2 ms for fp32, but the embedding's cosine to fp32 falls to 0.70 (mean
+~0.79) and top-1 agrees on 47% of windows; stages 3-4 alone: 14.6 ms, cosine >= 0.92, top-1 73%.
+The damage starts in block 1:
 weights and inputs of one conv fake-quantized by hand keep cosine 0.9998, but the quantized *output*
 of the first expand conv feeds a swish and a BN-folded depthwise conv that amplify its rounding
 ~20x. Fixing that needs cross-layer equalisation or quantization-aware training, not calibration.
