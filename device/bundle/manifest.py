@@ -21,7 +21,10 @@ Schema version 1 (JSON):
                                 embedding {name, dim} | null, mel {name, bands} | null}}]
     fusion           {kind: "rule", rule: "max"|"mean", required_branches[]}
                      | {kind: "onnx", file, sha256, inputs [{branch, output}], output,
-                        required_branches[]}
+                        required_branches[]}: a graph whose inputs are branch outputs
+                        ("scores": the branch's probabilities over its labels, max-pooled
+                        over crops; "embedding": mean over crops), in that order, and
+                        whose output is probabilities over every manifest label
     thresholds       {default, per_label {primary_label: threshold}}
 
 `outputs.scores.activation` is what the DEVICE applies to that output to get probabilities:
@@ -342,7 +345,9 @@ def parse_manifest(raw: Any) -> Manifest:
         raise BundleError(f"manifest.branches: two branches share a file in {files}")
     fusion = _parse_fusion(_need(raw, "fusion", dict, "manifest"), set(names))
     covered = {label for b in branches for label in b.score_labels}
-    if covered != label_ids:
+    if fusion.kind == "rule" and covered != label_ids:
+        # An ONNX fusion outputs every label itself (a head on an embedding can score labels no
+        # branch does); a rule can only combine what the branches score.
         raise BundleError(f"manifest.labels: no branch scores {sorted(label_ids - covered)[:5]}")
     thresholds = _need(raw, "thresholds", dict, "manifest")
     default = _probability(_need(thresholds, "default", float, "manifest.thresholds"), "manifest.thresholds.default")

@@ -36,13 +36,19 @@ def crop_starts(length: int, window: int) -> list[int]:
     return [round(i * (length - window) / (count - 1)) for i in range(count)]
 
 
-def make_crops(samples: np.ndarray, window: int) -> np.ndarray:
-    """`[crops, window]` float32: zero-padded when short, evenly spaced crops when long."""
+def make_crops(samples: np.ndarray, window: int, valid: int | None = None) -> np.ndarray:
+    """`[crops, window]` float32: zero-padded when short, evenly spaced crops when long.
+
+    Crops that would hold only the zero padding after the last `valid` real samples are left
+    out (a model shown pure digital silence can say anything; the first crop always stays).
+    """
     if len(samples) <= window:
         out = np.zeros((1, window), dtype=np.float32)
         out[0, : len(samples)] = samples
         return out
-    return np.stack([samples[s : s + window] for s in crop_starts(len(samples), window)]).astype(np.float32)
+    valid = len(samples) if valid is None else valid
+    starts = [s for i, s in enumerate(crop_starts(len(samples), window)) if i == 0 or s < valid]
+    return np.stack([samples[s : s + window] for s in starts]).astype(np.float32)
 
 
 def split_threads(branches: tuple[Branch, ...], total: int) -> dict[str, int]:
@@ -94,14 +100,22 @@ class Engine:
                     f"fusion: the graph takes {len(self._fusion_inputs)} inputs, the manifest lists "
                     f"{len(manifest.fusion.inputs)}"
                 )
+            outputs = {o.name: o for o in self._fusion.get_outputs()}
+            if manifest.fusion.output not in outputs:
+                raise BundleError(f"fusion: the graph has no output {manifest.fusion.output!r} (it has {sorted(outputs)})")
+            width = list(outputs[manifest.fusion.output].shape)[-1]
+            if isinstance(width, int) and width != len(self.labels):
+                raise BundleError(f"fusion: the graph outputs {width} scores, the manifest lists {len(self.labels)} labels")
         self._mel_branch = next((b.name for b in manifest.branches if b.mel_output and b.name in self.sessions), None)
 
     @property
     def branch_names(self) -> tuple[str, ...]:
         return tuple(self.sessions)
 
-    def _run_branch(self, session: BranchSession, per_rate: dict[int, np.ndarray]) -> BranchOutput:
-        crops = make_crops(per_rate[session.branch.input.sample_rate_hz], session.branch.input.window_samples)
+    def _run_branch(self, session: BranchSession, per_rate: dict[int, np.ndarray], window: Window) -> BranchOutput:
+        rate = session.branch.input.sample_rate_hz
+        valid = round(window.real_samples * rate / window.sample_rate_hz)
+        crops = make_crops(per_rate[rate], session.branch.input.window_samples, valid)
         output = session.run(crops)
         if not np.isfinite(output.scores).all():
             self.counters.nonfinite_scores += 1
@@ -136,7 +150,7 @@ class Engine:
         outputs: dict[str, BranchOutput] = {}
         for name, session in self.sessions.items():
             try:
-                outputs[name] = self._run_branch(session, per_rate)
+                outputs[name] = self._run_branch(session, per_rate, window)
             except Exception:
                 self.counters.branch_failures += 1
                 if name in self.manifest.fusion.required_branches:
