@@ -67,6 +67,8 @@ class PipelineStatus:
     store_errors: int = 0
     ui_events_dropped: int = 0
     tour_id: str | None = None
+    microphone: object | None = None
+    """The microphone's own status (state, reconnect attempts, level, clipping) for a live source."""
     finished: bool = False
     error: str | None = None
 
@@ -172,6 +174,11 @@ class Pipeline:
         snapshot.windows_dropped = queue.drops
         snapshot.queue_depth = queue.depth
         snapshot.ui_events_dropped = self.ui_events.snapshot().drops
+        source_status = getattr(self.source, "status", None)
+        if callable(source_status):
+            snapshot.microphone = source_status()
+            if snapshot.source_state not in ("ended", "starting"):
+                snapshot.source_state = snapshot.microphone.state
         return snapshot
 
     def _update(self, **changes) -> None:

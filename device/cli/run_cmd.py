@@ -128,9 +128,12 @@ def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> No
         while not pipeline.wait(timeout=STATUS_EVERY_S if live else 1.0):
             if live:
                 s = pipeline.status()
+                mic = s.microphone
                 log.info(
-                    "%s: %d windows, RTF %.2f, %d dropped, %d detections",
+                    "%s: %d windows, RTF %.3f, %d dropped, %d detections%s",
                     s.source_state, s.windows_inferred, s.rtf, s.windows_dropped, s.detections_closed,
+                    f", level {mic.level_dbfs:.0f} dBFS, {mic.clipped_samples} clipped, {mic.reconnects} reconnects"
+                    if mic is not None else "",
                 )
     finally:
         for signum, handler in previous.items():

@@ -68,3 +68,12 @@ def test_light_commands_do_not_load_onnxruntime(command, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
+
+
+def test_the_device_extra_installs_no_heavy_stack():
+    import tomllib
+
+    project = tomllib.loads((DEVICE.parent / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["device"]
+    names = {r.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower() for r in requirements}
+    assert not names & {"torch", "torchvision", "timm", "mlflow", "librosa", "tensorflow", "onnx", "tflite"}
