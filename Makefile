@@ -32,7 +32,7 @@ demo: system-deps setup
 
 ## The whole test suite, with the services it needs (PulseAudio virtual microphone).
 test: system-deps setup
-	.ci/pulse-mic.sh
+	PYTHON=$(BIN)/python .ci/pulse-mic.sh
 	$(BIN)/pytest -q
 
 bench: setup

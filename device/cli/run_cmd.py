@@ -65,9 +65,13 @@ def print_summary(store, tour_id: str) -> None:
 @click.option("--device-id", help="This device's id (config: [device] id).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="With a DIR source: where result CSVs go.")
 @click.option("--once", is_flag=True, help="With a DIR source: analyse what is there, then exit.")
+@click.option("--serve", is_flag=True, help="Also show the screen to phones on this network (read-only; textual-serve).")
+@click.option("--serve-port", type=int, default=8765, show_default=True, help="With --serve: the web port.")
+@click.option("--serve-review", is_flag=True, help="With --serve: allow confirm/reject from a phone, behind a token shown here.")
 @click.option("--verbose", is_flag=True)
 @click.pass_context
-def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, out_dir, once, verbose) -> None:
+def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, out_dir, once, serve, serve_port,
+        serve_review, verbose) -> None:
     """Listen and name who is calling: detections go to the local log, with clips.
 
     A FILE source runs until the recording ends, then prints the tour summary. A live source
@@ -89,8 +93,7 @@ def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, 
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if not headless and sys.stdout.isatty():
-        log.info("the guide's screen is not built yet; running headless")
+    screen = not headless and sys.stdout.isatty()
     try:
         engine = load_engine(home, bundle_dir, settings.inference.threads)
     except BundleError as exc:
@@ -99,6 +102,12 @@ def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, 
         from device.watch_runner import run_watch_folder
 
         run_watch_folder(home, settings, engine, Path(source), Path(out_dir) if out_dir else home.watch_output, once)
+        return
+    if screen or serve:
+        from device.tui.run import run_tui
+
+        run_tui(home, settings, engine, source, realtime, screen=screen, serve=serve, serve_port=serve_port,
+                serve_review=serve_review)
         return
     run_headless(home, settings, engine, source, realtime)
 

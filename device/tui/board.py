@@ -145,6 +145,7 @@ class TourBoard:
         """Move the audio clock to the end of the newest window analysed."""
         if self.audio_now is None or ended_on > self.audio_now:
             self.audio_now = ended_on
+            self.version += 1  # '♪ now' and '★ NEW' are measured against this clock
 
     def set_verdict(self, detection_id: str, verdict: str) -> bool:
         known = self._where.get(detection_id)

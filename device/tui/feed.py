@@ -18,6 +18,8 @@ from typing import Protocol
 from device.domain import Detection, Prediction
 from device.tui.status import DeviceStatus, Level, LevelMeter, StatusCollector
 
+UNCHANGED = object()
+"""`FeedUpdate.tour_id` when the feed has no news about the tour."""
 MAX_EVENTS_PER_POLL = 2048
 """Events taken per poll: more than the channel holds (pipeline.UI_QUEUE), so one poll
 catches up; bounded so a poll can never spin."""
@@ -34,6 +36,10 @@ class FeedUpdate:
     level: Level | None = None
     lost_events: int = 0
     """UI events the channel dropped since the last poll: reload the tour from the log."""
+    spectrogram: object = None
+    """A ready spectrogram image ([rows, width] shades), from feeds without mels (the phone view)."""
+    tour_id: object = UNCHANGED
+    """The tour the device moved to, from feeds that follow another screen (the phone view)."""
 
 
 class Feed(Protocol):

@@ -1,0 +1,118 @@
+"""The status line: microphone, bundle, real-time factor and drops, sync, disk, battery.
+
+Each fact is a short labelled item ("RTF 0.01", "dropped 0"), never a coloured dot alone,
+packed into as many lines as the width needs (two on an 80-column terminal).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from pathlib import Path
+
+from rich.text import Text
+from textual.widget import Widget
+
+from device.tui.status import DeviceStatus
+
+SEPARATOR = " │ "
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"
+
+
+def source_words(status: DeviceStatus) -> str:
+    """'mic pulse: capturing' / 'file 3.ogg: ended'."""
+    if status.source.startswith("mic:"):
+        name = f"mic {status.source[4:]}"
+    else:
+        name = f"file {Path(status.source).name}" if status.source else "no source"
+    return f"{name}: {status.source_state}"
+
+
+def status_items(status: DeviceStatus, tz: tzinfo | None) -> list[tuple[str, str]]:
+    """(text, style) items in reading order; style '' or 'warning' (a problem worth a look)."""
+    warn = "warning"
+    items = [
+        (("⚠ " if status.source_state in ("reconnecting", "stopped") and status.live else "") + source_words(status),
+         warn if status.source_state == "reconnecting" else ""),
+        (status.bundle or "no bundle", ""),
+        (f"RTF {status.rtf:.3f}", warn if status.rtf >= 1.0 else ""),
+        (f"dropped {status.windows_dropped}", warn if status.windows_dropped else ""),
+    ]
+    if status.pending_sync is None:
+        items.append(("sync: unknown", warn))
+    else:
+        last = status.last_sync_on.astimezone(tz).strftime("%H:%M") if status.last_sync_on else "never"
+        items.append((f"sync {status.pending_sync} pending, last {last}", ""))
+    if status.clip_disk_free_bytes is not None:
+        low = status.clip_disk_free_bytes < 200_000_000
+        items.append((("⚠ " if low else "") + f"clips disk {human_bytes(status.clip_disk_free_bytes)} free", warn if low else ""))
+    if status.battery_percent is not None:
+        low = status.battery_percent <= 15
+        items.append((("⚠ " if low else "") + f"battery {status.battery_percent}%", warn if low else ""))
+    if status.error:
+        items.append((f"⚠ error: {status.error}", warn))
+    return items
+
+
+def pack(items: list[tuple[str, str]], width: int) -> list[list[tuple[str, str]]]:
+    """Items into lines no wider than `width` (an item longer than a line gets its own)."""
+    lines: list[list[tuple[str, str]]] = [[]]
+    used = 0
+    for text, style in items:
+        extra = len(text) + (len(SEPARATOR) if lines[-1] else 0)
+        if lines[-1] and used + extra > width:
+            lines.append([])
+            used, extra = 0, len(text)
+        lines[-1].append((text, style))
+        used += extra
+    return lines
+
+
+class StatusBar(Widget):
+    DEFAULT_CSS = """
+    StatusBar { height: auto; }
+    """
+    COMPONENT_CLASSES = {"status-bar--warning"}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.status = DeviceStatus()
+        self.tz: tzinfo | None = None
+
+    def show(self, status: DeviceStatus, tz: tzinfo | None) -> None:
+        changed = status != self.status
+        self.status, self.tz = status, tz
+        if changed:
+            self.refresh(layout=True)
+
+    def _lines(self, width: int) -> list[list[tuple[str, str]]]:
+        return pack(status_items(self.status, self.tz), max(20, width))
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return len(self._lines(width))
+
+    def render(self) -> Text:
+        warning = self.get_component_rich_style("status-bar--warning")
+        text = Text()
+        for n, line in enumerate(self._lines(self.size.width)):
+            if n:
+                text.append("\n")
+            for i, (item, style) in enumerate(line):
+                if i:
+                    text.append(SEPARATOR)
+                text.append(item, style=warning if style == "warning" else "")
+        return text
+
+
+def format_clock(moment: datetime | None, tz: tzinfo | None, seconds: bool = False) -> str:
+    """A time of day in the device's zone ('07:40' / '07:40:12'), '-' for none."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(tz).strftime("%H:%M:%S" if seconds else "%H:%M")

