@@ -21,6 +21,8 @@ from device.tui.widgets.spectrogram import Spectrogram
 from device.tui.widgets.status_bar import StatusBar
 
 STYLES = Path(__file__).parent.parent / "styles"
+TALL_LINES = 40
+"""From this many lines the spectrogram gets 10 rows instead of 6 (see main.tcss)."""
 
 
 class TourLine(Static):
@@ -45,6 +47,9 @@ class MainScreen(Screen):
     def on_mount(self) -> None:
         self.query_one(SpeciesTable).focus()
         self.redraw(full=True)
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.height >= TALL_LINES, "-tall")
 
     def on_screen_resume(self) -> None:
         self.redraw(full=True)

@@ -100,13 +100,19 @@ class SpeciesTable(ReviewTable):
     BINDINGS = [Binding("enter", "select_cursor", "Open", show=True)]
 
     NAME_MIN = 18
+    NAME_MAX = 44
+    """Wider than the longest common name in our bundles; the rest of a wide screen stays calm."""
+    FIXED = 6 + 8 + 12 + 6 + 12 + 6 + 2
+    """Every column but the species' name (see `species_cells`), and the scrollbar."""
 
     def on_mount(self) -> None:
         self._build_columns()
 
+    def _name_width_for(self, width: int) -> int:
+        return min(self.NAME_MAX, max(self.NAME_MIN, width - self.FIXED))
+
     def _build_columns(self) -> None:
-        fixed = 6 + 8 + 12 + 6 + 12 + 6 + 2  # see `species_cells`
-        name = max(self.NAME_MIN, self.size.width - fixed)
+        name = self._name_width_for(self.size.width)
         self.clear(columns=True)
         for label, width, key in (("", 6, "marks"), ("Class", 8, "class"), ("Species", name, "species"),
                                   ("Confidence", 12, "confidence"), ("Heard", 6, "heard"),
@@ -115,8 +121,7 @@ class SpeciesTable(ReviewTable):
         self._name_width = name
 
     def on_resize(self) -> None:
-        fixed = 6 + 8 + 12 + 6 + 12 + 6 + 2
-        if max(self.NAME_MIN, self.size.width - fixed) != getattr(self, "_name_width", None):
+        if self._name_width_for(self.size.width) != getattr(self, "_name_width", None):
             rows = getattr(self, "_last_rows", None)
             self._build_columns()
             if rows is not None:

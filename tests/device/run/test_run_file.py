@@ -89,3 +89,16 @@ def test_a_second_run_opens_a_new_tour_and_the_summary_covers_both(device_home, 
     assert len(per_tour) == 2 and per_tour[0] >= 1
     assert data["species_spotting_rate"] == pytest.approx(sum(per_tour) / 2)
     assert data["detection_count"] == len(query(device_home.database, "SELECT 1 FROM detection"))
+
+
+def test_nan_and_inf_samples_are_zeroed_reported_and_the_run_goes_on(device_home, shared_data, tmp_path):
+    audio, rate = sf.read(shared_data / FROG, dtype="float32", frames=20 * 32000)
+    audio[1000:1100] = np.nan
+    audio[50000:50010] = np.inf
+    path = tmp_path / "frog_with_nan.wav"
+    sf.write(path, audio, rate, subtype="FLOAT")
+    result = run_explorer("run", "--source", str(path), "--headless", home=device_home)
+    assert result.returncode == 0, result.stderr
+    assert "110 NaN/Inf samples were replaced by zeros" in result.stderr
+    confidences = [c for (c,) in query(device_home.database, "SELECT confidence FROM detection WHERE label = '21211'")]
+    assert confidences and all(np.isfinite(confidences))
