@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXAMPLE ?= examples/birdclef_train_3.ogg
 APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils mosquitto ffmpeg
 
-.PHONY: demo test setup system-deps bench clean
+.PHONY: demo test setup system-deps bench bench-tui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: system-deps setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+## Four hours of recordings replayed through the guide's screen: memory over time, UI CPU share.
+bench-tui: setup
+	$(BIN)/python -m bench.tui_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

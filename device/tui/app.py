@@ -170,10 +170,13 @@ class ExplorerApp(App[None]):
         from device.tui.screens.main import MainScreen
 
         if self.handle_sigterm:
-            try:
-                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.shut_down)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                log.warning("SIGTERM will not flush the pipeline: no signal handler here")
+            # Without a screen (served only) Ctrl-C is the way out, so it flushes too.
+            signals = (signal.SIGTERM, signal.SIGINT) if self.is_headless else (signal.SIGTERM,)
+            for signum in signals:
+                try:
+                    asyncio.get_running_loop().add_signal_handler(signum, self.shut_down)
+                except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                    log.warning("signal %d will not flush the pipeline: no handler here", signum)
         self.reload_board()
         self.poll()
         self.push_screen(MainScreen())

@@ -161,6 +161,12 @@ class WebServer:
 
         try:
             loop.run_until_complete(serve())
+            # Let the viewer processes' tasks end here, not in a closed loop later.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             self._ready.set()
             loop.close()

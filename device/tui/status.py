@@ -139,6 +139,7 @@ class StatusCollector:
         self._clock = clock
         self._slow_at = -math.inf
         self._slow: dict = {}
+        self._closed_seen = -1
 
     def mic_status(self):
         """The microphone's status, or None for a source without one (a file)."""
@@ -148,9 +149,11 @@ class StatusCollector:
     def collect(self) -> DeviceStatus:
         s = self.pipeline.status()
         mic = self.mic_status()
-        if self._clock() - self._slow_at >= SLOW_EVERY_S:
+        if self._clock() - self._slow_at >= SLOW_EVERY_S or s.detections_closed != self._closed_seen:
+            # A closed detection queues a message: the pending count is read again at once.
             self._slow = self._slow_reads()
             self._slow_at = self._clock()
+            self._closed_seen = s.detections_closed
         state = s.source_state
         if mic is not None and mic.state != "capturing" and not s.finished:
             state = mic.state

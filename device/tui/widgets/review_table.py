@@ -81,8 +81,12 @@ class ReviewTable(DataTable):
         self.post_message(self.Open(event.row_key.value))
 
     def replace_rows(self, rows: list[tuple[str, tuple, int]]) -> None:
-        """Swap in new rows (key, cells, height), keeping the cursor on the same key."""
-        keep = self.current_key
+        """Swap in new rows (key, cells, height), keeping the cursor on the same key.
+
+        A cursor on the top row stays on the top row: it follows the newest species until
+        the guide moves it.
+        """
+        keep = self.current_key if self.cursor_row > 0 else None
         with self.app.batch_update():
             self.clear()
             for key, cells, height in rows:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from device.audio.queue import DropOldestQueue
+
 from device.tui.screens.species import SpeciesScreen
 from device.tui.screens.summary import SummaryScreen
 from tests.device.tui.tui_helpers import TOUR_END, TOUR_START, FrozenStatus, assert_snapshot, drive, fixed_clock, pin_tour, settle
@@ -17,7 +19,9 @@ from tests.device.tui.tui_helpers import TOUR_END, TOUR_START, FrozenStatus, ass
 @pytest.fixture
 def trail_app(runtime_factory, trail_recording, device_home):
     """The app after the whole trail was heard, with pinned times and a frozen status line."""
-    runtime = runtime_factory(trail_recording)
+    # The whole trail is heard before the screen draws: a channel that holds every event keeps the
+    # picture independent of how the inference and writer threads interleaved.
+    runtime = runtime_factory(trail_recording, ui_queue=DropOldestQueue(4096, "ui"))
     assert runtime.pipeline.wait(60)
     pin_tour(device_home.database, runtime.tour.tour_id, TOUR_START, None)
     runtime.tour = runtime.store.tour(runtime.tour.tour_id)
