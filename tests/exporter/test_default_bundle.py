@@ -1,0 +1,177 @@
+"""`explorer export default-bundle`: BirdNET for the birds, the embedding head for the frogs.
+
+Built once for this module through the real command (about 7 s: convert, slice, LiteRT and
+fusion checks on the example recordings, sign, install).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from device.analysis import file_windows
+from device.bundle.verify import verify_bundle
+from device.cli.main import cli
+from device.engine.engine import Engine
+from device.home import ExplorerHome
+from exporter.bundle_writer import ParityError, write_bundle
+from exporter.default_bundle import (
+    ARTEFACT, BIRD_THRESHOLD, BIRDNET_FILE, FUSION_FILE, LICENSE, NAME, LiteRtMissing, birdnet_check,
+    build_default_bundle, default_manifest, site_mapping,
+)
+from exporter.demo_bundle import EXAMPLES, development_key, example_recordings
+from exporter.fusion import build_fusion_model, source_order
+from trainer.augment import birdnet_session, device_embedding
+from trainer.embedding_head import EmbeddingHead
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("home")
+    result = CliRunner().invoke(cli, ["--home", str(root), "export", "default-bundle"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    home = ExplorerHome.resolve(root)
+    return home, home.active_bundle(), result.output
+
+
+@pytest.fixture(scope="module")
+def head() -> EmbeddingHead:
+    return EmbeddingHead.load(ARTEFACT)
+
+
+def test_the_command_builds_installs_and_activates_it(built):
+    home, path, output = built
+    assert "default bundle active:" in output and str(path) in output
+    assert path.parent == home.bundles and path.name.startswith(f"{NAME}-1.0.0+")
+    assert verify_bundle(path, home.trusted_keys).manifest.name == NAME
+
+
+def test_birds_come_from_birdnet_and_frogs_from_the_head(built, head, shared_data):
+    home, path, _ = built
+    manifest = verify_bundle(path, home.trusted_keys).manifest
+    taxonomy = list(csv.DictReader(open(shared_data / "taxonomy.csv", newline="")))
+    classes = {row["primary_label"]: row["class_name"] for row in taxonomy}
+    order = [row["primary_label"] for row in taxonomy]
+    assert list(manifest.label_ids) == sorted(manifest.label_ids, key=order.index)
+    (branch,) = manifest.branches
+    assert branch.activation == "sigmoid" and branch.embedding_dim == 1024 and branch.input.sample_rate_hz == 48_000
+    assert len(branch.score_labels) == 145 and {classes[label] for label in branch.score_labels} == {"Aves"}
+    assert "littin1" in branch.score_labels and "shghum1" not in manifest.label_ids
+    assert set(manifest.label_ids) == set(branch.score_labels) | set(head.label_ids)
+    assert manifest.fusion.kind == "onnx"
+    assert manifest.fusion.inputs == (("birdnet", "scores"), ("birdnet", "embedding"))
+    assert manifest.provenance["coverage"] == {"Aves": [145, 146], "Amphibia": [14, 34], "Insecta": [0, 17],
+                                               "Mammalia": [0, 9]}
+    assert manifest.default_threshold == BIRD_THRESHOLD
+    assert manifest.label_thresholds == {label: round(float(t), 4) for label, t in zip(head.label_ids, head.thresholds)}
+
+
+def test_licence_and_attribution_travel_with_it(built):
+    home, path, _ = built
+    manifest = verify_bundle(path, home.trusted_keys).manifest
+    assert manifest.license == LICENSE == "CC BY-NC-SA 4.0"
+    credits = ("BirdNET V2.4", "Kahl", "CC BY-NC-SA 4.0", "Allobates femoralis", "colombianfrogs", "Non-commercial")
+    for credit in credits:
+        assert credit in manifest.attribution, credit
+    assert manifest.provenance["rebuild"].startswith("python -m trainer.embedding_head")
+
+
+def test_every_check_passed_on_the_example_recordings(built):
+    home, path, _ = built
+    provenance = verify_bundle(path, home.trusted_keys).manifest.provenance
+    parity = provenance["parity"]
+    assert {p["output"] for p in parity} == {"logits", "embedding", "logits/top5", "fusion"}
+    assert any("LiteRT" in p["reference"] for p in parity) and provenance["checks"] == "litert+onnx"
+    assert all(p["passed"] for p in parity)
+    # A fresh clone has no ../shared/data: the checks ran on the repository's examples/.
+    assert set(parity[0]["recordings"]) == set(EXAMPLES)
+
+
+def test_rebuilding_reuses_the_installed_bundle(built):
+    home, path, _ = built
+    before = (path / "manifest.json").read_bytes()
+    lines: list[str] = []
+    assert build_default_bundle(home, progress=lines.append) == path
+    assert (path / "manifest.json").read_bytes() == before and "already installed" in lines[-1]
+
+
+def test_training_and_the_device_compute_the_same_embedding_and_scores(built, head, shared_data, tmp_path):
+    """The head was trained on `device_embedding`; the engine must feed the fusion the same vector."""
+    home, path, _ = built
+    engine = Engine(verify_bundle(path, home.trusted_keys), threads=1)
+    session, _ = birdnet_session(tmp_path)
+    windows = list(file_windows(shared_data / "audio/birds/spinetail.wav"))  # 44.1 kHz, last window padded
+    windows.append(next(iter(file_windows(shared_data / "audio/birdclef_train_audio/4.ogg"))))  # a frog, 32 kHz
+    assert windows[-2].real_samples < len(windows[-2].samples)
+    for window in windows:
+        prediction = engine.predict(window)
+        trained = device_embedding(session, window.samples, window.sample_rate_hz, window.real_samples)
+        np.testing.assert_allclose(prediction.embedding, trained, atol=1e-5)
+        frogs = [prediction.labels.index(label) for label in head.label_ids]
+        np.testing.assert_allclose(prediction.scores[frogs], head.scores(trained[None])[0], atol=1e-5)
+    assert prediction.scores[prediction.labels.index("21211")] >= engine.manifest.threshold("21211")
+
+
+def _manifest_and_checks(home: ExplorerHome, head: EmbeddingHead):
+    mapping = site_mapping(head)
+    birds = list(mapping.site_labels)
+    manifest = default_manifest(head, birds, "0.0.0-test", {})
+    order = source_order(birds, head.label_ids, [label["primary_label"] for label in manifest["labels"]])
+    check = birdnet_check(head, list(mapping.birdnet_indices), _tflite(), example_recordings()[:2], False, order)
+    return manifest, birds, order, check, development_key(home)
+
+
+def _tflite():
+    from exporter.birdnet.convert import find_birdnet_file
+
+    return find_birdnet_file()
+
+
+def test_a_wrong_fusion_graph_fails_its_check_and_writes_nothing(built, head, tmp_path):
+    home, path, _ = built
+    manifest, birds, _, check, key = _manifest_and_checks(home, head)
+    labels = [label["primary_label"] for label in manifest["labels"]]
+    wrong = build_fusion_model(birds, head.label_ids, labels, head.mean, head.scale, head.weights, head.bias + 0.5,
+                               head.calibration)
+    target = tmp_path / "bundles" / "wrong"
+    files = {BIRDNET_FILE: path / BIRDNET_FILE, FUSION_FILE: wrong.SerializeToString()}
+    with pytest.raises(ParityError, match="'fusion'"):
+        write_bundle(target, manifest, files, key, [check])
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_a_wrongly_sliced_birdnet_fails_its_check_and_writes_nothing(built, head, tmp_path):
+    from exporter.birdnet.convert import convert_birdnet
+    from exporter.birdnet.restrict import restrict_to_classes
+
+    home, path, _ = built
+    manifest, _, _, check, key = _manifest_and_checks(home, head)
+    indices = list(site_mapping(head).birdnet_indices)
+    full = convert_birdnet(tmp_path / "full.onnx").onnx_path
+    shuffled = restrict_to_classes(full, tmp_path / "shuffled.onnx", indices[1:] + indices[:1])  # off by one class
+    target = tmp_path / "bundles" / "shuffled"
+    files = {BIRDNET_FILE: shuffled, FUSION_FILE: path / FUSION_FILE}
+    with pytest.raises(ParityError, match="'logits'"):
+        write_bundle(target, manifest, files, key, [check])
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_without_litert_it_stops_unless_told_to_rely_on_the_onnx_checks(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if the package were not installed
+    home = ExplorerHome.resolve(tmp_path / "home")
+    with pytest.raises(LiteRtMissing, match="--skip-litert-parity"):
+        build_default_bundle(home, progress=lambda line: None)
+    assert not home.bundles.exists() or not any(home.bundles.iterdir())
+    result = CliRunner().invoke(cli, ["--home", str(home.root), "export", "default-bundle"])
+    assert result.exit_code != 0 and "ai-edge-litert is not installed" in result.output
+    result = CliRunner().invoke(cli, ["--home", str(home.root), "export", "default-bundle", "--skip-litert-parity"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((home.active_bundle() / "manifest.json").read_text())
+    assert manifest["provenance"]["checks"].startswith("onnx self-checks only")
+    assert {p["output"] for p in manifest["provenance"]["parity"]} == {"logits", "fusion"}
+    assert all(p["passed"] for p in manifest["provenance"]["parity"])
