@@ -25,9 +25,10 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-## Run the device on a real El Silencio soundscape kept in the repository, with the default model.
+## Run the device on a real recording kept in the repository, with the default El Silencio model
+## (built from the installed BirdNET and the committed frog head the first time, ~10 s).
 demo: system-deps setup
-	@$(BIN)/explorer bundle path >/dev/null 2>&1 || $(BIN)/explorer export demo-bundle
+	@$(BIN)/explorer bundle path >/dev/null 2>&1 || $(BIN)/explorer export default-bundle
 	$(BIN)/explorer run --source $(EXAMPLE) --headless
 
 ## The whole test suite, with the services it needs (PulseAudio virtual microphone).

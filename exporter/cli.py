@@ -23,7 +23,7 @@ def export() -> None:
 
         explorer export keygen --name release
 
-        explorer export demo-bundle
+        explorer export default-bundle
     """
 
 

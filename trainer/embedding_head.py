@@ -1,6 +1,6 @@
 """A head on BirdNET's embedding for the taxa BirdNET does not know (frogs, insects, mammals).
 
-Features are computed exactly as the device computes them (`trainer.augment.device_embedding`,
+Features are computed exactly as the device computes them (`trainer.embeddings.device_embedding`,
 re-exported here): a 5 s window at the source's rate, `device.audio.resample.resample` to 48 kHz,
 `device.engine.engine.make_crops` (3 s crops at 0-3 s and 2-5 s; crops of pure padding left
 out), BirdNET's ONNX `embedding` through onnxruntime, mean over crops - one definition, so
@@ -34,10 +34,11 @@ from typing import Any, Callable
 import numpy as np
 from scipy.optimize import minimize
 
-from trainer.augment import (
-    EMBEDDING_RECIPE, TAIL_S, WINDOW_S, EmbeddingCache, LabelledClip, WindowPlan, assign_folds, birdnet_session,
-    chunk_negatives, clip_duration, clips_from_recordings, default_cache_dir, device_embedding, embed_plans,
-    plan_clean, plan_mixes, read_labelled_list, split_single_recordings,
+from trainer.augment import TAIL_S, WINDOW_S, WindowPlan, plan_clean, plan_mixes
+from trainer.embeddings import EMBEDDING_RECIPE, EmbeddingCache, birdnet_session, default_cache_dir, device_embedding, embed_plans
+from trainer.labelled import (
+    LabelledClip, assign_folds, chunk_negatives, clip_duration, clips_from_recordings, read_labelled_list,
+    split_single_recordings,
 )
 
 __all__ = ["Config", "EmbeddingHead", "device_embedding", "fit_logistic", "train", "main"]

@@ -26,7 +26,7 @@ from exporter.default_bundle import (
 )
 from exporter.demo_bundle import EXAMPLES, development_key, example_recordings
 from exporter.fusion import build_fusion_model, source_order
-from trainer.augment import birdnet_session, device_embedding
+from trainer.embeddings import birdnet_session, device_embedding
 from trainer.embedding_head import EmbeddingHead
 
 

@@ -17,9 +17,10 @@ import pytest
 from exporter.birdnet.convert import find_birdnet_file, sha256_file
 from exporter.default_bundle import ARTEFACT
 from exporter.manifest_builder import labels_from_taxonomy
-from trainer.augment import (
-    EmbeddingCache, assign_folds, birdnet_session, chunk_negatives, clip_duration, clips_from_recordings, embed_plans,
-    plan_clean, plan_mixes, read_labelled_list, split_single_recordings,
+from trainer.augment import plan_clean, plan_mixes
+from trainer.embeddings import EmbeddingCache, birdnet_session, embed_plans
+from trainer.labelled import (
+    assign_folds, chunk_negatives, clip_duration, clips_from_recordings, read_labelled_list, split_single_recordings,
 )
 from trainer.embedding_head import Config, EmbeddingHead, fold_split, train
 
