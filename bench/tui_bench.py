@@ -2,6 +2,7 @@
 
     python -m bench.tui_bench                 # 4 h of audio, the demo bundle, 100x30 screen
     python -m bench.tui_bench --hours 0.5     # a quick look
+    python -m bench.tui_bench --model default # against the BirdNET-based default model
 
 Real recordings from ../shared/data (frogs, a tinamou, the El Silencio soundscape) are
 decoded once, brought to 32 kHz and played back to back, as one long source, as fast as
@@ -105,12 +106,18 @@ def thread_cpu_s(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def scratch_home():
+def scratch_home(model: str):
     from device.home import ExplorerHome
-    from exporter.demo_bundle import build_demo_bundle
 
     home = ExplorerHome.resolve(tempfile.mkdtemp(prefix="explorer-tui-bench-")).ensure()
-    build_demo_bundle(home)
+    if model == "default":
+        from exporter.default_bundle import build_default_bundle
+
+        build_default_bundle(home, progress=lambda *_: None)
+    else:
+        from exporter.demo_bundle import build_demo_bundle
+
+        build_demo_bundle(home)
     return home
 
 
@@ -119,13 +126,16 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=4.0)
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--size", default="100x30", help="terminal size the app renders at")
+    parser.add_argument("--model", choices=("demo", "default"), default="demo",
+                        help="the tiny demo bundle (UI against a very cheap model: the worst case for the UI's share) "
+                             "or the default El Silencio bundle (BirdNET)")
     args = parser.parse_args()
     from device.config import ClipSettings, Settings
     from device.engine.loader import load_engine
     from device.tui.run import TuiRuntime
 
     width, height = (int(v) for v in args.size.split("x"))
-    home = scratch_home()
+    home = scratch_home(args.model)
     engine = load_engine(home, None, 1)
     recordings = load_recordings()
     print(f"{len(recordings)} real recordings ({sum(len(r) for r in recordings) / RATE:.0f} s), replayed to "
