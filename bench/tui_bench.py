@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--model", choices=("demo", "default"), default="demo",
                         help="the tiny demo bundle (UI against a very cheap model: the worst case for the UI's share) "
                              "or the default El Silencio bundle (BirdNET)")
+    parser.add_argument("--live", type=float, default=0.0, metavar="SECONDS",
+                        help="instead of the replay: a real frog recording paced as live audio for SECONDS "
+                             "(the UI's cost at the pace of the trail, where the screen idles between windows)")
     args = parser.parse_args()
     from device.config import ClipSettings, Settings
     from device.engine.loader import load_engine
@@ -142,8 +145,13 @@ def main() -> None:
           f"{args.hours:g} h; bundle {engine.manifest.name} {engine.manifest.version}; cores {os.cpu_count()}")
     # Clips off: this measures the screen against inference, not FLAC encoding on this disk.
     settings = Settings(clips=ClipSettings(enabled=False))
-    source = ReplaySource(recordings, args.hours * 3600, datetime(2024, 3, 12, 5, 30, tzinfo=timezone.utc))
-    runtime = TuiRuntime(home, settings, engine, source, live=False, tour_name="Four-hour bench")
+    if args.live:
+        from device.audio.files import FileSource
+
+        source = FileSource(REPO / "examples" / "birdclef_train_2.ogg", realtime=True)
+    else:
+        source = ReplaySource(recordings, args.hours * 3600, datetime(2024, 3, 12, 5, 30, tzinfo=timezone.utc))
+    runtime = TuiRuntime(home, settings, engine, source, live=bool(args.live), tour_name="Four-hour bench")
     app = runtime.app()
     samples = []
 
@@ -170,6 +178,8 @@ def main() -> None:
                     next_at += args.every
                 if done:
                     break
+                if args.live and now - started >= args.live:
+                    runtime.pipeline.stop()
                 await pilot.pause(0.2)
             await pilot.pause(1.0)  # the last poll: everything on screen
             print(f"\non screen: {app.board.species_count} species, status: {app.status.windows_inferred} windows, "

@@ -60,7 +60,11 @@ class MainScreen(Screen):
     def redraw(self, full: bool = True, spectrogram: bool = True) -> None:
         app = self.app
         now = app.board.now(app.clock)
-        self.query_one(TourLine).update(self.tour_words())
+        words = self.tour_words()
+        tour_line = self.query_one(TourLine)
+        if words != getattr(tour_line, "shown", None):  # unchanged text: no repaint
+            tour_line.shown = words
+            tour_line.update(words)
         if spectrogram:
             self.query_one(Spectrogram).redraw()
         self.query_one(InputLevel).show(app.level, "" if app.status.live else "(recording)")

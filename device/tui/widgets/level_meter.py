@@ -38,6 +38,8 @@ class InputLevel(Widget):
         self.note = ""
 
     def show(self, level: Level | None, note: str = "") -> None:
+        if (level, note) == (self.level, self.note):
+            return  # an idle screen redraws nothing: the battery pays for every frame
         self.level, self.note = level, note
         self.refresh()
 
