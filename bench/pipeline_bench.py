@@ -10,7 +10,6 @@ overhead, one thread for the real-time factor.
 
 from __future__ import annotations
 
-import os
 import uuid
 import statistics
 import tempfile

@@ -22,7 +22,6 @@ Rebuild the committed artefact (a few minutes on one core; seconds with a warm c
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy.optimize import minimize
 
+from trainer.artefact import save_artefact
 from trainer.augment import TAIL_S, WINDOW_S, WindowPlan, plan_clean, plan_mixes
 from trainer.embeddings import EMBEDDING_RECIPE, EmbeddingCache, birdnet_session, default_cache_dir, device_embedding, embed_plans
 from trainer.labelled import (
@@ -138,19 +138,7 @@ class EmbeddingHead:
                   "weights": self.weights.astype(np.float32), "bias": self.bias.astype(np.float32),
                   "calibration": self.calibration.astype(np.float64), "thresholds": self.thresholds.astype(np.float64)}
         texts = {"labels": self.labels, "metrics": self.metrics, "training": self.training, "site": self.site}
-        items = {**arrays, **{k: np.array(json.dumps(v, sort_keys=True, allow_nan=False)) for k, v in texts.items()}}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name in sorted(items):
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.array(items[name], order="C"), allow_pickle=False)
-                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, buffer.getvalue())
-        tmp.replace(path)
-        return path
+        return save_artefact(path, arrays, texts)
 
     @classmethod
     def load(cls, path: Path) -> "EmbeddingHead":

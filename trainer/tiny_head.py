@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from scipy.signal import resample_poly
 
 from exporter.frontend import DEFAULT_LOG_MEL, LogMelParams, build_front_end_model
 from exporter.manifest_builder import labels_from_taxonomy
+from trainer.artefact import save_artefact
 
 WINDOW_S = 5.0
 """The device's analysis window; BirdCLEF labels 5 s segments."""
@@ -186,19 +185,7 @@ class TinyHead:
             "thresholds": self.thresholds, "window_samples": np.array(self.window_samples, np.int64),
         }
         texts = {"labels": self.labels, "front_end": self.front_end, "metrics": self.metrics, "training": self.training}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            items = {**arrays, **{k: np.array(json.dumps(v, sort_keys=True)) for k, v in texts.items()}}
-            for name in sorted(items):
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.array(items[name], order="C"), allow_pickle=False)
-                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, buffer.getvalue())
-        tmp.replace(path)
-        return path
+        return save_artefact(path, arrays, texts)
 
     @classmethod
     def load(cls, path: Path) -> "TinyHead":

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import sounddevice as sd
 
-from device.audio.devices import InputDevice, find_input_device, list_input_devices, rescan_devices
+from device.audio.devices import find_input_device, list_input_devices, rescan_devices
 from device.audio.queue import DropOldestQueue, QueueSnapshot
 from device.audio.samples import sanitize, to_mono
 from device.audio.types import AudioBlock, AudioError

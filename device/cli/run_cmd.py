@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from device.cli.common import home_of, settings_of
+from device.cli.run_report import report_run_end
 
 log = logging.getLogger("explorer")
 
@@ -47,12 +48,6 @@ def detection_printer(manifest):
         )
 
     return print_detection
-
-
-def print_summary(store, tour_id: str) -> None:
-    from device.store.summary import format_summary
-
-    click.echo(format_summary(store.tour_summary([tour_id])))
 
 
 @click.command()
@@ -148,22 +143,4 @@ def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> No
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     session.finish()
-    status = pipeline.status()
-    from device.store import Store, StoreError
-
-    try:
-        with Store.open(home.database) as store:
-            print_summary(store, tour_id)
-    except StoreError as exc:
-        log.error("no tour summary: %s", exc)
-    click.echo(
-        f"{status.windows_inferred} windows, {status.audio_s:.0f} s of audio, RTF {status.rtf:.3f}, "
-        f"{status.windows_dropped} dropped, {status.detections_closed} detections, {status.clips_written} clips"
-    )
-    if status.error:
-        raise click.ClickException(status.error)
-    if status.store_errors or status.clip_errors:
-        raise click.ClickException(
-            f"{status.store_errors} detection writes and {status.clip_errors} clips could not be stored "
-            f"(disk full or failing? see {home.logs / 'explorer.log'}); everything stored before is intact"
-        )
+    report_run_end(home, tour_id, pipeline.status())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from pathlib import Path
 
 import click
 
@@ -123,8 +122,8 @@ def run_tui(home, settings, engine, source_spec: str, realtime: bool, *, screen:
             serve_review: bool = False, sunlight: bool = False) -> None:
     """`explorer run` with the guide's screen (`screen`) and/or the phone view (`serve`)."""
     from device.audio.types import AudioError
+    from device.cli.run_report import report_run_end
     from device.session import open_source
-    from device.store import Store, StoreError
 
     try:
         source, live = open_source(source_spec, settings, realtime)
@@ -156,22 +155,5 @@ def run_tui(home, settings, engine, source_spec: str, realtime: bool, *, screen:
         status = runtime.close()
         if publisher is not None:
             publisher.remove()
-    try:
-        with Store.open(home.database) as store:
-            from device.store.summary import format_summary
-
-            click.echo(format_summary(store.tour_summary([last_tour_id])))
-    except StoreError as exc:
-        log.error("no tour summary: %s", exc)
-    click.echo(
-        f"{status.windows_inferred} windows, {status.audio_s:.0f} s of audio, RTF {status.rtf:.3f}, "
-        f"{status.windows_dropped} dropped, {status.detections_closed} detections, {status.clips_written} clips"
-    )
-    if status.error:
-        raise click.ClickException(status.error)
-    if status.store_errors or status.clip_errors:
-        raise click.ClickException(
-            f"{status.store_errors} detection writes and {status.clip_errors} clips could not be stored "
-            f"(disk full or failing? see {Path(home.logs) / 'explorer.log'}); everything stored before is intact"
-        )
+    report_run_end(home, last_tour_id, status)
 

@@ -35,6 +35,7 @@ def test_a_frog_played_into_the_microphone_is_heard_and_logged(device_home, shar
             env=dict(os.environ, PULSE_SERVER=mic.server),
         )
         feeder = None
+        heard_in_time = None
         try:
             # the stream must be open before audio is fed, or PulseAudio discards it
             assert wait_for(lambda: device_home.database.exists() and query(device_home.database, "SELECT 1 FROM tour"), 30)
@@ -44,12 +45,13 @@ def test_a_frog_played_into_the_microphone_is_heard_and_logged(device_home, shar
             def heard():
                 return query(device_home.database, "SELECT detection_id FROM detection WHERE label = '21211'")
 
-            assert wait_for(heard, 45), "the frog was not heard through the microphone"
+            heard_in_time = wait_for(heard, 45)
         finally:
             if feeder is not None:
                 feeder.stop()
             child.send_signal(signal.SIGINT)
             out, err = child.communicate(timeout=60)
+    assert heard_in_time, f"the frog was not heard through the microphone:\n{out[-3000:]}\n{err[-3000:]}"
     assert child.returncode == 0, err
     assert "Allobates femoralis" in out and "Species Spotting Rate" in out
     rows = query(device_home.database, "SELECT status, source, branch_scores FROM detection WHERE label = '21211'")
