@@ -9,7 +9,7 @@ by path, size and mtime, so a restart neither reprocesses nor skips one.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from pathlib import Path
 
 from device.analysis import analyze_file, row_id, write_submission
@@ -47,9 +47,13 @@ def process_file(store, settings: Settings, engine: Engine, path: Path, out_dir:
 
 
 def run_watch_folder(
-    home: ExplorerHome, settings: Settings, engine: Engine, in_dir: Path, out_dir: Path, once: bool, settle_s: float = 2.0
+    home: ExplorerHome, settings: Settings, engine: Engine, in_dir: Path, out_dir: Path, once: bool,
+    settle_s: float = 2.0, stop: threading.Event | None = None,
 ) -> int:
-    """Watch `in_dir` until interrupted (or, with `once`, until nothing is left to do)."""
+    """Watch `in_dir` until `stop` is set (or, with `once`, until nothing is left to do).
+
+    A file being analysed when `stop` is set is finished first, so it is recorded once.
+    """
     from device.store import Store
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,23 +62,24 @@ def run_watch_folder(
     with Store.open(home.database) as store:
         store.record_bundle(engine.manifest.name, engine.manifest.version, engine.bundle.sha256, engine.manifest.labels)
         log.info("watching %s; results to %s", in_dir, out_dir)
-        try:
-            while True:
-                ready = folder.ready_files(store.watched_file_done)
-                for path in ready:
-                    stat = path.stat()
-                    try:
-                        csv_path, count = process_file(store, settings, engine, path, out_dir)
-                    except AudioError as exc:
-                        log.error("%s", exc)
-                        store.mark_watched_file(path, stat.st_size, stat.st_mtime, status="failed", result=str(exc))
-                        continue
-                    store.mark_watched_file(path, stat.st_size, stat.st_mtime, status="done", result=str(csv_path))
-                    processed += 1
-                    log.info("%s: %d detections -> %s", path.name, count, csv_path)
-                if once and not ready and not folder.pending():
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            ready = folder.ready_files(store.watched_file_done)
+            for path in ready:
+                if stop.is_set():
                     break
-                time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            log.info("stopped watching %s", in_dir)
+                stat = path.stat()
+                try:
+                    csv_path, count = process_file(store, settings, engine, path, out_dir)
+                except AudioError as exc:
+                    log.error("%s", exc)
+                    store.mark_watched_file(path, stat.st_size, stat.st_mtime, status="failed", result=str(exc))
+                    continue
+                store.mark_watched_file(path, stat.st_size, stat.st_mtime, status="done", result=str(csv_path))
+                processed += 1
+                log.info("%s: %d detections -> %s", path.name, count, csv_path)
+            if once and not ready and not folder.pending():
+                break
+            stop.wait(POLL_S)
+        log.info("stopped watching %s", in_dir)
     return processed

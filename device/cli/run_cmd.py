@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -96,7 +98,9 @@ def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, 
     if Path(source).is_dir():
         from device.watch_runner import run_watch_folder
 
-        run_watch_folder(home, settings, engine, Path(source), Path(out_dir) if out_dir else home.watch_output, once)
+        with stop_signals() as stop:
+            run_watch_folder(home, settings, engine, Path(source), Path(out_dir) if out_dir else home.watch_output,
+                             once, stop=stop)
         return
     if screen or serve:
         from device.tui.run import run_tui
@@ -107,30 +111,52 @@ def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, 
     run_headless(home, settings, engine, source, realtime)
 
 
+@contextlib.contextmanager
+def stop_signals():
+    """SIGINT/SIGTERM set the returned Event instead of raising KeyboardInterrupt mid-setup.
+
+    A KeyboardInterrupt that lands while a microphone stream is open but the pipeline is not yet
+    running would unwind past the stream, and PortAudio's callback thread can then hang the
+    interpreter's exit. With a flag, every path shuts down in order: stop, flush, close.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("stopping (signal %d): flushing the pipeline", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> None:
     from device.audio.types import AudioError
     from device.session import DeviceSession, open_source
 
-    try:
-        source, live = open_source(source_spec, settings, realtime)
-    except AudioError as exc:
-        raise click.ClickException(str(exc)) from None
-    session = DeviceSession(home, settings, engine)
-    tour_id = session.ensure_tour()
-    pipeline = session.start(source, live, tour_id, on_detection=detection_printer(engine.manifest))
-    manifest = engine.manifest
-    log.info("listening to %s with %s %s (%d labels)", source.name, manifest.name, manifest.version, len(engine.labels))
-    stopping = threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("stopping (signal %d): flushing the pipeline", signum)
-        stopping.set()
-        pipeline.stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not pipeline.wait(timeout=STATUS_EVERY_S if live else 1.0):
-            if live:
+    with stop_signals() as stop:
+        try:
+            source, live = open_source(source_spec, settings, realtime)
+        except AudioError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            session = DeviceSession(home, settings, engine)
+            tour_id = session.ensure_tour()
+            pipeline = session.start(source, live, tour_id, on_detection=detection_printer(engine.manifest))
+        except BaseException:
+            source.close()
+            raise
+        manifest = engine.manifest
+        log.info("listening to %s with %s %s (%d labels)", source.name, manifest.name, manifest.version, len(engine.labels))
+        next_status = time.monotonic() + STATUS_EVERY_S
+        while not pipeline.wait(timeout=0.25):
+            if stop.is_set():
+                pipeline.stop()
+            elif live and time.monotonic() >= next_status:
+                next_status += STATUS_EVERY_S
                 s = pipeline.status()
                 mic = s.microphone
                 log.info(
@@ -139,8 +165,5 @@ def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> No
                     f", level {mic.level_dbfs:.0f} dBFS, {mic.clipped_samples} clipped, {mic.reconnects} reconnects"
                     if mic is not None else "",
                 )
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    session.finish()
+        session.finish()
     report_run_end(home, tour_id, pipeline.status())

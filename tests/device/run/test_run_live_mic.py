@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -38,7 +39,13 @@ def test_a_frog_played_into_the_microphone_is_heard_and_logged(device_home, shar
         heard_in_time = None
         try:
             # the stream must be open before audio is fed, or PulseAudio discards it
-            assert wait_for(lambda: device_home.database.exists() and query(device_home.database, "SELECT 1 FROM tour"), 30)
+            def tour_started():
+                try:
+                    return device_home.database.exists() and query(device_home.database, "SELECT 1 FROM tour")
+                except sqlite3.OperationalError:  # the database is there, its schema not yet
+                    return None
+
+            assert wait_for(tour_started, 30)
             time.sleep(1.0)
             feeder = feed_recording(shared_data / FROG, mic.fifo, realtime=True, rate_hz=mic.rate_hz)
 
