@@ -31,12 +31,10 @@ import onnxruntime as ort
 import soundfile as sf
 
 from device.audio.resample import resample
-from device.bundle.manifest import BundleError
-from device.bundle.verify import verify_bundle
 from device.engine.engine import make_crops
 from device.home import ExplorerHome
 from exporter.bundle_writer import BranchCheck, ParityResult, write_bundle
-from exporter.demo_bundle import development_key, example_recordings
+from exporter.demo_bundle import activate_installed, development_key, example_recordings
 from exporter.fusion import EMBEDDING_INPUT, OUTPUT, SCORES_INPUT, build_fusion_model, fusion_reference, source_order
 from exporter.manifest_builder import build_manifest
 from trainer.embedding_head import EmbeddingHead
@@ -287,13 +285,8 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
     version = f"{BASE_VERSION}+{digest[:8]}"
     target = home.bundles / f"{NAME}-{version}"
     private = development_key(home)
-    if target.exists():
-        try:
-            verify_bundle(target, home.trusted_keys)
-        except BundleError as exc:
-            raise BundleError(f"{target}: installed but no longer verifies ({exc}); remove it and rebuild") from None
+    if activate_installed(home, target):
         progress(f"{target.name} is already installed and verifies; making it active")
-        home.set_active_bundle(target)
         return target
     recordings = recordings or example_recordings()
     mapping = site_mapping(head)

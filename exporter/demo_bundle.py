@@ -121,6 +121,26 @@ def head_check(head: TinyHead, recordings: list[Path]) -> BranchCheck:
     return BranchCheck(BRANCH, run)
 
 
+def activate_installed(home: ExplorerHome, target: Path) -> bool:
+    """Make an already installed bundle active again if it still verifies; False if none is there.
+
+    A bundle's version carries the hash of what it was built from, so an existing directory of
+    that name is the same build: re-verifying it is enough, rebuilding would only cost time.
+
+    Raises:
+        BundleError: the directory is there but no longer verifies (tampered, or signed by a key
+            this home no longer trusts).
+    """
+    if not target.exists():
+        return False
+    try:
+        verify_bundle(target, home.trusted_keys)
+    except BundleError as exc:
+        raise BundleError(f"{target}: installed but no longer verifies ({exc}); remove it and rebuild") from None
+    home.set_active_bundle(target)
+    return True
+
+
 def development_key(home: ExplorerHome) -> Path:
     """The home's local signing key (made on first use), its public key trusted by the home."""
     private = home.signing_keys / (DEV_KEY_NAME + ".key")
@@ -187,20 +207,16 @@ def build_demo_bundle(home: ExplorerHome, artefact: Path = ARTEFACT, recordings:
     version = f"{BASE_VERSION}+{digest[:8]}"
     target = home.bundles / f"{NAME}-{version}"
     private = development_key(home)
-    if target.exists():
-        try:
-            verify_bundle(target, home.trusted_keys)
-        except BundleError as exc:
-            raise BundleError(f"{target}: installed but no longer verifies ({exc}); remove it and rebuild") from None
-    else:
-        params = LogMelParams.from_manifest(head.front_end)
-        model = build_linear_head_model(params, head.window_samples, head.mean, head.scale, head.weights, head.bias, pooling)
-        write_bundle(
-            target,
-            demo_manifest(head, version, digest),
-            {ONNX_FILE: model.SerializeToString()},
-            private,
-            [head_check(head, recordings or example_recordings())],
-        )
+    if activate_installed(home, target):
+        return target
+    params = LogMelParams.from_manifest(head.front_end)
+    model = build_linear_head_model(params, head.window_samples, head.mean, head.scale, head.weights, head.bias, pooling)
+    write_bundle(
+        target,
+        demo_manifest(head, version, digest),
+        {ONNX_FILE: model.SerializeToString()},
+        private,
+        [head_check(head, recordings or example_recordings())],
+    )
     home.set_active_bundle(target)
     return target
