@@ -34,6 +34,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from trainer.artefact import save_artefact
+from trainer.logistic import fit_logistic, sigmoid
 from trainer.augment import TAIL_S, WINDOW_S, WindowPlan, plan_clean, plan_mixes
 from trainer.embeddings import EMBEDDING_RECIPE, EmbeddingCache, birdnet_session, default_cache_dir, device_embedding, embed_plans
 from trainer.labelled import (
@@ -68,34 +69,6 @@ class Config:
     mixes_per_negative_clip: int = 4
     """Out-of-space calls in forest noise: the negatives the thresholds should hold against."""
     seed: int = 0
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest logistic regression on standardized `x` [n, d] and 0/1 `y` [n, c].
-
-    Each label's positives and its negatives get equal total weight (positives are a few % of
-    the windows); the L2 term spares the bias. All labels are fit at once with L-BFGS.
-    """
-    n, d = x.shape
-    c = y.shape[1]
-    pos = y.sum(axis=0)
-    weight = np.where(y > 0, 0.5 / np.maximum(pos, 1), 0.5 / np.maximum(n - pos, 1))
-
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[: d * c].reshape(d, c), theta[d * c :]
-        z = x @ w + b
-        value = float((weight * (np.logaddexp(0.0, z) - y * z)).sum() + 0.5 * l2 * (w**2).sum())
-        grad_z = weight * (sigmoid(z) - y)
-        return value, np.concatenate([(x.T @ grad_z + l2 * w).ravel(), grad_z.sum(axis=0)])
-
-    result = minimize(loss, np.zeros(d * c + c), jac=True, method="L-BFGS-B", options={"maxiter": 3000})
-    if not result.success:
-        raise RuntimeError(f"logistic regression did not converge: {result.message}")
-    return result.x[: d * c].reshape(d, c), result.x[d * c :]
 
 
 @dataclass

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import soundfile as sf
-from scipy.optimize import minimize
 from scipy.signal import resample_poly
 
 from exporter.frontend import DEFAULT_LOG_MEL, LogMelParams, build_front_end_model
 from exporter.manifest_builder import labels_from_taxonomy
 from trainer.artefact import save_artefact
+from trainer.logistic import fit_logistic, sigmoid
 
 WINDOW_S = 5.0
 """The device's analysis window; BirdCLEF labels 5 s segments."""
@@ -146,10 +146,6 @@ def pool_features(mel: np.ndarray) -> np.ndarray:
     return np.concatenate([mel.mean(axis=2), mel.max(axis=2)], axis=1)
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
 @dataclass
 class TinyHead:
     """The trained head and everything a bundle needs to say about it."""
@@ -196,33 +192,6 @@ class TinyHead:
                 mean=data["mean"], scale=data["scale"], weights=data["weights"], bias=data["bias"],
                 thresholds=data["thresholds"], metrics=text["metrics"], training=text["training"],
             )
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest logistic regression on standardized `x` [n, d] and 0/1 `y` [n, c].
-
-    Each label's positives and negatives get equal total weight (positives are ~2 % of the
-    windows), and the L2 term excludes the bias. All labels are fit at once with L-BFGS.
-    """
-    n, d = x.shape
-    c = y.shape[1]
-    pos = y.sum(axis=0)
-    weight = np.where(y > 0, 0.5 / np.maximum(pos, 1), 0.5 / np.maximum(n - pos, 1))
-
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[: d * c].reshape(d, c), theta[d * c :]
-        z = x @ w + b
-        # log(1 + e^z) - y z, stable for large |z|
-        nll = np.logaddexp(0.0, z) - y * z
-        grad_z = weight * (sigmoid(z) - y)
-        value = float((weight * nll).sum() + 0.5 * l2 * (w**2).sum())
-        grad = np.concatenate([(x.T @ grad_z + l2 * w).ravel(), grad_z.sum(axis=0)])
-        return value, grad
-
-    result = minimize(loss, np.zeros(d * c + c), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
-    if not result.success:
-        raise RuntimeError(f"logistic regression did not converge: {result.message}")
-    return result.x[: d * c].reshape(d, c), result.x[d * c :]
 
 
 POOLING = "mean,max"
@@ -340,7 +309,7 @@ def train(data_dir: Path, l2: float = L2, log=print) -> TinyHead:
         targets[name] = np.array([[lab == lid for lid in label_ids] for lab in part["label"]], np.float64)
     mean = features["train"].mean(axis=0)
     scale = np.maximum(features["train"].std(axis=0), FEATURE_FLOOR)
-    weights, bias = fit_logistic((features["train"] - mean) / scale, targets["train"], l2)
+    weights, bias = fit_logistic((features["train"] - mean) / scale, targets["train"], l2, max_iterations=2000)
     head = TinyHead(labels, params.to_manifest(), window, mean, scale, weights, bias, np.zeros(len(labels)))
     held_scores = sigmoid(head.logits(features["held_out"]))
     head.thresholds = choose_thresholds(held_scores, targets["held_out"])
