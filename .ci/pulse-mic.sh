@@ -32,19 +32,32 @@ if ! pactl info >/dev/null 2>&1; then
     # -n: skip default.pa (it probes sound cards a container does not have); load only the
     # native protocol. auth-anonymous: clients with another HOME (no shared cookie) may connect.
     # --exit-idle-time=-1: stay up between test runs.
-    pulseaudio --daemonize=yes --system=false --exit-idle-time=-1 -n \
-        --load="module-native-protocol-unix auth-anonymous=1" \
-        --log-target="file:$LOG" 2>>"$LOG" || true
-    for _ in $(seq 50); do
-        pactl info >/dev/null 2>&1 && break
-        sleep 0.1
+    # Three tries: a daemon killed a moment ago may still hold its pid file.
+    for _ in 1 2 3; do
+        pulseaudio --daemonize=yes --system=false --exit-idle-time=-1 -n \
+            --load="module-native-protocol-unix auth-anonymous=1" \
+            --log-target="file:$LOG" 2>>"$LOG" || true
+        for _ in $(seq 50); do
+            pactl info >/dev/null 2>&1 && break 2
+            sleep 0.1
+        done
     done
     pactl info >/dev/null 2>&1 || { echo "pulse-mic: PulseAudio did not start; log: $LOG" >&2; tail -20 "$LOG" >&2 || true; exit 1; }
 fi
 
 if ! pactl list short sources | awk '{print $2}' | grep -qx "$SOURCE"; then
+    # module-pipe-source makes the FIFO itself and refuses one that exists. A daemon that was
+    # killed (a machine image taken mid-session, a crashed run) leaves its FIFO behind: with no
+    # source loaded nobody reads it, so it is stale and safe to remove. Anything else is not ours.
+    if [ -p "$FIFO" ]; then
+        rm -f "$FIFO"
+    elif [ -e "$FIFO" ]; then
+        echo "pulse-mic: $FIFO exists and is not a FIFO; remove it or set EXPLORER_VIRTUAL_MIC_FIFO" >&2
+        exit 1
+    fi
     pactl load-module module-pipe-source source_name="$SOURCE" file="$FIFO" \
-        format=s16le rate="$RATE" channels=1 >/dev/null
+        format=s16le rate="$RATE" channels=1 >/dev/null \
+        || { echo "pulse-mic: could not load module-pipe-source; log: $LOG" >&2; tail -5 "$LOG" >&2 || true; exit 1; }
 fi
 pactl set-default-source "$SOURCE"
 
