@@ -108,11 +108,49 @@ def viewer_command(home, state_path: Path, token_file: Path | None) -> str:
     return shlex.join(parts)
 
 
+VIEWER_EXIT_S = 5.0
+"""How long a closed tab's viewer process may take to quit before it is killed."""
+
+
+def reap_viewer_processes() -> None:
+    """Make textual-serve wait for each tab's viewer process after telling it to quit.
+
+    textual-serve's AppService.stop() sends "quit" but never awaits the process, so its pipes
+    stay open until garbage collection, which may come after the loop has closed ("Event loop
+    is closed" at exit), and a viewer that ignores "quit" would live on. Installed once, on
+    textual-serve's own module, which only the phone view uses.
+    """
+    import textual_serve.server as serve_module
+    from textual_serve.app_service import AppService
+
+    if getattr(serve_module.AppService, "reaps_its_process", False):
+        return
+
+    class ReapingAppService(AppService):
+        reaps_its_process = True
+
+        async def stop(self) -> None:
+            await AppService.stop(self)
+            process = self._process
+            if process is None:
+                return
+            try:
+                await asyncio.wait_for(process.wait(), VIEWER_EXIT_S)
+            except asyncio.TimeoutError:
+                log.warning("phone view: viewer %s did not quit in %.0f s; killing it", process.pid, VIEWER_EXIT_S)
+                process.kill()
+                await process.wait()
+
+    serve_module.AppService = ReapingAppService
+
+
 class WebServer:
     """textual-serve's server on its own thread and event loop (the device's screen keeps the main one)."""
 
     def __init__(self, command: str, host: str, port: int, title: str = "El Silencio Acoustic Explorer"):
         from textual_serve.server import Server
+
+        reap_viewer_processes()
 
         class PhoneServer(Server):
             # The page's websocket URL is built from how the phone reached us, so an

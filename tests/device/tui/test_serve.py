@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+from pathlib import Path
 
 from device.store import Store
 from device.tui.serve import StatePublisher, WebServer, viewer_command, write_token
@@ -117,3 +118,19 @@ def test_the_page_and_the_viewer_process_are_served(runtime_factory, trail_recor
         server.stop()
     assert f"ws://127.0.0.1:{port}/ws" in html  # built from the address the phone used
     assert b"Morning walk" in received  # the viewer tab drew the device's tour
+    assert viewer_processes(publisher.path) == []  # the closed tab's viewer was waited for
+
+
+def viewer_processes(state_path) -> list[int]:
+    """Pids of running viewer processes reading `state_path`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"device.tui.viewer" in cmdline and str(state_path).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
