@@ -86,6 +86,10 @@ class ReviewTable(DataTable):
         A cursor on the top row stays on the top row: it follows the newest species until
         the guide moves it.
         """
+        shown = [(key, tuple(cell_identity(cell) for cell in cells), height) for key, cells, height in rows]
+        if shown == getattr(self, "_shown_rows", None) and self.row_count == len(rows):
+            return  # the same words and styles: rebuilding would repaint the whole table for nothing
+        self._shown_rows = shown
         keep = self.current_key if self.cursor_row > 0 else None
         with self.app.batch_update():
             self.clear()
@@ -96,6 +100,13 @@ class ReviewTable(DataTable):
                     self.move_cursor(row=self.get_row_index(keep), animate=False)
                 except Exception:
                     pass
+
+
+def cell_identity(cell) -> object:
+    """What a cell shows, comparable: rich's Text equality ignores the base style."""
+    if isinstance(cell, Text):
+        return (cell.plain, str(cell.style), tuple(cell.spans))
+    return cell
 
 
 class SpeciesTable(ReviewTable):

@@ -85,12 +85,19 @@ class StatusBar(Widget):
         super().__init__(**kwargs)
         self.status = DeviceStatus()
         self.tz: tzinfo | None = None
+        self.shown: list[tuple[str, str]] = status_items(self.status, None)
 
     def show(self, status: DeviceStatus, tz: tzinfo | None) -> None:
-        changed = status != self.status
+        """Repaint only when the words change (most status fields move every window, their
+        rounded text rarely does), and lay the screen out again only when the line count does."""
         self.status, self.tz = status, tz
-        if changed:
-            self.refresh(layout=True)
+        items = status_items(status, tz)
+        if items == self.shown:
+            return
+        width = max(20, self.size.width)
+        relayout = len(pack(items, width)) != len(pack(self.shown, width))
+        self.shown = items
+        self.refresh(layout=relayout)
 
     def _lines(self, width: int) -> list[list[tuple[str, str]]]:
         return pack(status_items(self.status, self.tz), max(20, width))
