@@ -52,7 +52,7 @@ class SessionResult:
 
 class DeviceSession:
     def __init__(self, home: ExplorerHome, settings: Settings, engine: Engine):
-        from device.store import Store
+        from device.store import Store, StoreError
 
         self.home = home
         self.settings = settings
@@ -61,6 +61,14 @@ class DeviceSession:
         recovered = self.store.recover_open_detections()
         if recovered:
             log.warning("closed %d detection(s) left open by an interrupted run", recovered)
+        try:
+            swept = self.store.sweep_orphan_clips(home.clips)
+        except (StoreError, OSError) as exc:  # tidying up must not keep the device from listening
+            log.warning("could not sweep orphan clips: %s", exc)
+        else:
+            if swept.removed:
+                log.warning("removed %d clip file(s) (%d bytes) an interrupted run left without their row",
+                            len(swept.removed), swept.freed_bytes)
         manifest = engine.manifest
         self.store.record_bundle(manifest.name, manifest.version, engine.bundle.sha256, manifest.labels)
         self.pipeline: Pipeline | None = None

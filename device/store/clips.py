@@ -8,7 +8,9 @@ removed, so no clip is on disk without its row.
 
 Retention never deletes a detection: it marks the clip row `deleted_on` (committed first)
 and then removes the file. A crash between the two leaves an orphan file, never a live
-row pointing at nothing.
+row pointing at nothing; so does a crash between a clip's rename and its row's commit.
+`sweep_orphan_clips` removes such files at start-up, so they never eat the clip budget
+unseen.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import errno
 import io
 import os
 import re
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -254,3 +257,48 @@ def mark_clips_deleted(db: sqlite_utils.Database, clip_ids: list[str]) -> None:
     stamp = iso_utc(utc_now())
     for clip_id in clip_ids:
         db.execute("UPDATE clip SET deleted_on = ? WHERE clip_id = ? AND deleted_on IS NULL", [stamp, clip_id])
+
+
+ORPHAN_AGE_S = 60.0
+"""A clip file must be this old before a sweep may take it for an orphan: another process
+on the same home may have renamed it into place a moment ago and not yet committed its row."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    removed: tuple[str, ...]
+    freed_bytes: int
+
+
+def sweep_orphan_clips(
+    db: sqlite_utils.Database, clips_dir: Path | str, older_than_s: float = ORPHAN_AGE_S, now: float | None = None
+) -> SweepResult:
+    """Remove clip files no live row points at, and temporary files a crash left behind.
+
+    Only `*.flac` files and our own hidden `.<name>.<hex>.tmp` files under `clips_dir` are
+    considered, and only when older than `older_than_s`; anything else there is left alone.
+    """
+    root = Path(clips_dir)
+    if not root.is_dir():
+        return SweepResult((), 0)
+    live = {row[0] for row in db.execute("SELECT path FROM clip WHERE deleted_on IS NULL").fetchall()}
+    cutoff = (time.time() if now is None else now) - older_than_s
+    removed: list[str] = []
+    freed = 0
+    for path in sorted(root.rglob("*")):
+        is_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
+        if not (is_tmp or path.suffix == ".flac") or not path.is_file() or path.is_symlink():
+            continue
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_mtime > cutoff or (not is_tmp and os.path.abspath(path) in live):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(str(path))
+        freed += info.st_size
+    return SweepResult(tuple(removed), freed)

@@ -247,6 +247,10 @@ class Store:
             deleted=tuple(c.path for c in doomed), live_bytes=remaining, over_budget=remaining > budget_bytes
         )
 
+    def sweep_orphan_clips(self, clips_dir: Path | str) -> clips.SweepResult:
+        """Remove clip files a crash left without a live row (see `clips.sweep_orphan_clips`)."""
+        return self._read("sweeping orphan clips", clips.sweep_orphan_clips, clips_dir)
+
     # Watch folder ------------------------------------------------------------------
 
     def watched_file_status(self, path: Path | str, size: int, mtime: float) -> str | None:

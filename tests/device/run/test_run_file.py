@@ -102,3 +102,23 @@ def test_nan_and_inf_samples_are_zeroed_reported_and_the_run_goes_on(device_home
     assert "110 NaN/Inf samples were replaced by zeros" in result.stderr
     confidences = [c for (c,) in query(device_home.database, "SELECT confidence FROM detection WHERE label = '21211'")]
     assert confidences and all(np.isfinite(confidences))
+
+
+def test_a_start_sweeps_clip_files_an_interrupted_run_left_without_rows(device_home, shared_data):
+    import os
+
+    day = device_home.clips / "2026-04-20"
+    day.mkdir(parents=True)
+    orphan = day / "21211_00000000-0000-4000-8000-000000000000.flac"
+    samples, rate = sf.read(shared_data / FROG, dtype="float32", frames=32000 * 3)
+    sf.write(orphan, samples, rate, format="FLAC")
+    an_hour_ago = orphan.stat().st_mtime - 3600
+    os.utime(orphan, (an_hour_ago, an_hour_ago))
+
+    result = run_explorer("run", "--source", str(shared_data / FROG), "--headless", home=device_home)
+
+    assert result.returncode == 0, result.stderr
+    assert not orphan.exists()
+    assert "removed 1 clip file(s)" in result.stderr + result.stdout
+    kept = [row[0] for row in query(device_home.database, "SELECT path FROM clip WHERE deleted_on IS NULL")]
+    assert kept and all(os.path.exists(path) for path in kept)  # this run's own clips stay

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from device.store import StoreError
-from device.store.clips import clip_path_for, write_clip
+from device.store.clips import clip_path_for, mark_clips_deleted, write_clip
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -162,3 +163,37 @@ def test_a_clip_file_already_gone_does_not_stop_retention(store, clipped):
     clipped[0][1].unlink()
     result = store.enforce_clip_budget(0, keep_per_species=0)
     assert len(result.deleted) == 6
+
+
+def _age(path: Path, seconds: float) -> None:
+    stamp = path.stat().st_mtime - seconds
+    os.utime(path, (stamp, stamp))
+
+
+def test_a_sweep_removes_what_a_crash_left_and_nothing_else(store, clipped, make_detection, shared_data, tmp_path):
+    clips_dir = tmp_path / "clips"
+    # Crash after retention committed deleted_on, before the unlink: the row is dead, the file stays.
+    store._write("marking a clip deleted", mark_clips_deleted, [store.list_clips()[0].clip_id])
+    dead_row_file = clipped[0][1]
+    # Crash between a clip's rename into place and its row's commit: a file with no row at all.
+    samples, rate = _real_audio(shared_data, seconds=1)
+    rowless = write_clip(clips_dir, make_detection("littin1", at_s=900), samples, rate)
+    # Crash mid-write: our hidden temporary file.
+    leftover = rowless.parent / f".{rowless.name}.0123abcd.tmp"
+    leftover.write_bytes(b"half a clip")
+    # Not ours to judge: a recent rowless clip (another run may be committing it) and a foreign file.
+    fresh = write_clip(clips_dir, make_detection("65448", at_s=960), samples, rate)
+    foreign = clips_dir / "README.txt"
+    foreign.write_text("the guide's notes")
+    for path in (dead_row_file, rowless, leftover, foreign, *(p for _, p in clipped[1:])):
+        _age(path, 3600)
+
+    result = store.sweep_orphan_clips(clips_dir)
+
+    assert sorted(result.removed) == sorted(map(str, (dead_row_file, rowless, leftover)))
+    assert result.freed_bytes > 0
+    assert not dead_row_file.exists() and not rowless.exists() and not leftover.exists()
+    assert fresh.exists() and foreign.read_text() == "the guide's notes"
+    assert all(path.exists() for _, path in clipped[1:])  # every live clip stays
+    assert len(store.list_clips()) == 5 and len(store.detections()) == 6
+    assert store.sweep_orphan_clips(clips_dir).removed == ()  # nothing left to sweep
