@@ -75,7 +75,10 @@ class SyncSettings:
     tls: bool = False
     username: str = ""
     password: str = field(default="", repr=False)
-    topic_prefix: str = "elsilencio"
+    ca_file: str = ""
+    """With tls: the CA that signed the broker's certificate (empty: the system's CAs)."""
+    interval_s: float = 30.0
+    """Seconds between drains of the outbox while running (a new detection also starts one)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ _RULES = {
     ("clips", "budget_mb"): lambda v, w: _check_number(v, w, 0),
     ("clips", "keep_per_species"): lambda v, w: _check_number(v, w, 0, 10_000),
     ("sync", "port"): lambda v, w: _check_number(v, w, 1, 65535),
+    ("sync", "interval_s"): lambda v, w: _check_number(v, w, 1, 86_400),
 }
 
 

@@ -73,6 +73,11 @@ class DeviceSession:
         self.store.record_bundle(manifest.name, manifest.version, engine.bundle.sha256, manifest.labels)
         self.pipeline: Pipeline | None = None
         self.own_tour = False
+        self.sync = None
+        if settings.sync.enabled:
+            from device.sync.worker import SyncWorker
+
+            self.sync = SyncWorker(home.database, settings.sync, settings.device.id).start()
 
     def ensure_tour(self, name: str | None = None) -> str:
         """The active tour's id, starting one (owned by this session) when none is active."""
@@ -83,8 +88,16 @@ class DeviceSession:
         return tour.tour_id
 
     def start(
-        self, source: AudioSource, live: bool, tour_id: str | None, on_detection: Callable[[Detection], None] | None = None
+        self,
+        source: AudioSource,
+        live: bool,
+        tour_id: str | None,
+        on_detection: Callable[[Detection], None] | None = None,
+        ui_queue=None,
     ) -> Pipeline:
+        """Start the pipeline on `source`; `ui_queue` replaces its UI channel before any thread runs."""
+        if self.sync is not None:  # a closed detection is in the outbox: send it soon
+            on_detection = chain(on_detection, self.sync.wake)
         self.pipeline = Pipeline(
             self.engine,
             source,
@@ -95,6 +108,8 @@ class DeviceSession:
             tour_id=tour_id,
             on_detection=on_detection,
         )
+        if ui_queue is not None:
+            self.pipeline.ui_events = ui_queue
         return self.pipeline.start()
 
     def finish(self, stop_own_tour: bool = True) -> None:
@@ -102,6 +117,8 @@ class DeviceSession:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline.wait()
+        if self.sync is not None:
+            self.sync.stop()  # one last drain of what the pipeline just flushed
         from device.store import StoreError
 
         try:
@@ -113,3 +130,15 @@ class DeviceSession:
             log.error("%s", exc)
         finally:
             self.store.close()
+
+
+def chain(first: Callable[[Detection], None] | None, then: Callable[[Detection], None]) -> Callable[[Detection], None]:
+    """One on_detection callback that calls `first` (when given), then `then`."""
+    if first is None:
+        return then
+
+    def both(detection: Detection) -> None:
+        first(detection)
+        then(detection)
+
+    return both

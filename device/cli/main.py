@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "bundle": "device.cli.bundle_cmd:bundle",
     "tour": "device.cli.tour_cmd:tour",
     "detections": "device.cli.detections_cmd:detections",
+    "sync": "device.cli.sync_cmd:sync",
     "export": "exporter.cli:export",
 }
 

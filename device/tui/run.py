@@ -66,16 +66,7 @@ class TuiRuntime:
         self.closed = False
 
     def _start(self, source, live, tour_id, ui_queue):
-        # DeviceSession.start, with the UI channel swapped before any thread can put on it.
-        from device.pipeline import Pipeline
-
-        session = self.session
-        pipeline = Pipeline(session.engine, source, session.settings, self.home.database, self.home.clips,
-                            live=live, tour_id=tour_id)
-        if ui_queue is not None:
-            pipeline.ui_events = ui_queue
-        session.pipeline = pipeline
-        return pipeline.start()
+        return self.session.start(source, live, tour_id, ui_queue=ui_queue)
 
     def app(self, **options) -> ExplorerApp:
         """The guide's screen over this run (options: see `ExplorerApp`)."""

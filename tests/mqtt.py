@@ -1,0 +1,124 @@
+"""A real Mosquitto broker for tests: a plain process on loopback, its own port and config.
+
+`Broker(tmp_path).start()` runs `/usr/sbin/mosquitto -c <conf>` (apt `mosquitto`) on a free
+port; `kill()` is a kill -9 (a broker that dies mid-delivery), `start()` again brings it back
+on the same port. `with_password(user, password)` makes it refuse anonymous clients.
+`Subscriber` collects what a QoS 1 subscription receives.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.password_file: Path | None = None
+        self.process: subprocess.Popen | None = None
+        self.log = self.folder / "mosquitto.log"
+
+    def with_password(self, user: str, password: str) -> "Broker":
+        self.password_file = self.folder / "passwords"
+        self.password_file.write_text("")
+        subprocess.run(["mosquitto_passwd", "-b", str(self.password_file), user, password], check=True)
+        return self
+
+    def config(self) -> Path:
+        # `user`: run as root, mosquitto would switch to the `mosquitto` user, who cannot read
+        # pytest's private temporary folders; stay whoever started it.
+        lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}",
+                 f"listener {self.port} {self.host}", f"log_dest file {self.log}", "log_type all",
+                 "persistence false", "max_inflight_messages 20"]
+        if self.password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines += ["allow_anonymous true"]
+        conf = self.folder / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout_s: float = 10.0) -> "Broker":
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config())],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode(errors='replace')}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout_s} s")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Subscriber:
+    """A QoS 1 subscription to `topic`, collecting (topic, payload bytes) on paho's thread."""
+
+    def __init__(self, broker: Broker, topic: str = "#", username: str | None = None, password: str | None = None):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{free_port()}")
+        if username:
+            client.username_pw_set(username, password)
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        client.on_message = self._on_message
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("test subscriber: no SUBACK within 10 s")
+        self.client = client
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload)))
+
+    def wait_for(self, count: int, timeout_s: float = 15.0) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.02)
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
