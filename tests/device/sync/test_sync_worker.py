@@ -1,0 +1,108 @@
+"""The sync worker and `explorer sync`: detections from real runs reach a real broker."""
+
+from __future__ import annotations
+
+import time
+
+from device.sync.payload import parse_payload
+from device.sync.worker import SyncWorker
+from tests.device.sync.conftest import DEVICE, queue_detections, settings_for
+from tests.helpers import query, run_explorer
+from tests.mqtt import Broker, Subscriber, free_port
+
+FROG = "audio/birdclef_train_audio/3.ogg"  # Allobates femoralis (21211), 38 s, 32 kHz
+
+
+def wait_until(condition, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_the_worker_backs_off_while_the_broker_is_down_and_delivers_when_it_returns(tmp_path, store):
+    ids = queue_detections(store, 12)
+    broker = Broker(tmp_path / "broker", port=free_port())  # not started yet: the trail has no network
+    worker = SyncWorker(store.path, settings_for(broker, interval_s=1.0), DEVICE, backoff_first_s=0.2).start()
+    try:
+        assert wait_until(lambda: worker.state.last_error is not None, 10)
+        assert f"127.0.0.1:{broker.port}: cannot connect" in worker.state.last_error
+        assert store.pending_count() == 12 and not worker.state.connected
+
+        broker.start()
+        subscriber = Subscriber(broker, "explorer/#")
+        try:
+            assert wait_until(lambda: store.pending_count() == 0, 20)
+            received = subscriber.wait_for(12)
+        finally:
+            subscriber.close()
+        assert sorted(parse_payload(body)["detection_id"] for _, body in received) == sorted(ids)
+        state = worker.state
+        assert state.connected and state.sent == 12 and state.last_error is None and state.last_ok_on is not None
+
+        more = queue_detections(store, 3)  # new detections while connected go on the next wake
+        worker.wake()
+        assert wait_until(lambda: store.pending_count() == 0, 10)
+        assert worker.state.sent == 15 and len(more) == 3
+    finally:
+        worker.stop()
+        broker.stop()
+    assert not worker.state.connected
+
+
+def test_a_run_with_sync_enabled_delivers_every_detection_it_closed(device_home, shared_data, broker):
+    device_home.config_file.write_text(
+        f'[device]\nid = "{DEVICE}"\n\n[sync]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\ninterval_s = 1.0\n'
+    )
+    subscriber = Subscriber(broker, f"explorer/{DEVICE}/detection")
+    try:
+        result = run_explorer("run", "--source", str(shared_data / FROG), "--headless", home=device_home)
+        assert result.returncode == 0, result.stderr
+        closed = sorted(row[0] for row in query(device_home.database, "SELECT detection_id FROM detection"))
+        received = subscriber.wait_for(len(closed))
+    finally:
+        subscriber.close()
+    assert closed, "the frog recording gave no detection"
+    payloads = [parse_payload(body) for _, body in received]
+    assert sorted(p["detection_id"] for p in payloads) == closed
+    assert {p["label"] for p in payloads} >= {"21211"} and {p["device_id"] for p in payloads} == {DEVICE}
+    pending = query(device_home.database, """SELECT count(*) FROM outbox_message m WHERE NOT EXISTS (
+        SELECT 1 FROM outbox_attempt a WHERE a.message_id = m.message_id AND a.result = 'SUCCESS')""")
+    assert pending == [(0,)]  # the last drain at exit sent what the final flush closed
+
+
+def test_explorer_sync_names_an_unreachable_broker_then_sends_when_it_is_up(device_home, shared_data, tmp_path):
+    run = run_explorer("run", "--source", str(shared_data / FROG), "--headless", home=device_home)
+    assert run.returncode == 0, run.stderr
+    queued = query(device_home.database, "SELECT count(*) FROM outbox_message")[0][0]
+    assert queued > 0
+    broker = Broker(tmp_path / "broker", port=free_port())
+
+    down = run_explorer("sync", "--host", broker.host, "--port", str(broker.port), home=device_home)
+    assert down.returncode == 1
+    assert f"127.0.0.1:{broker.port}: cannot connect" in down.stderr
+    assert f"{queued} detection message(s) stay pending" in down.stderr
+
+    broker.start()
+    try:
+        status = run_explorer("sync", "--status", "--host", broker.host, "--port", str(broker.port), home=device_home)
+        assert status.stdout.strip() == f"{queued} pending for mqtt://127.0.0.1:{broker.port}"
+        up = run_explorer("sync", "--host", broker.host, "--port", str(broker.port), home=device_home)
+        assert up.returncode == 0, up.stderr
+        assert f"sent {queued} of {queued}" in up.stdout and "0 pending" in up.stdout
+    finally:
+        broker.stop()
+
+
+def test_a_run_whose_broker_is_unreachable_keeps_everything_pending_and_says_why(device_home, shared_data):
+    port = free_port()
+    device_home.config_file.write_text(f'[sync]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n')
+    result = run_explorer("run", "--source", str(shared_data / FROG), "--headless", home=device_home)
+    assert result.returncode == 0, result.stderr
+    assert f"sync: MQTT broker 127.0.0.1:{port}: cannot connect" in result.stderr
+    closed = query(device_home.database, "SELECT count(*) FROM detection WHERE status = 'closed'")[0][0]
+    queued = query(device_home.database, "SELECT count(*) FROM outbox_message")[0][0]
+    successes = query(device_home.database, "SELECT count(*) FROM outbox_attempt WHERE result = 'SUCCESS'")[0][0]
+    assert closed > 0 and queued == closed and successes == 0
