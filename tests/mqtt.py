@@ -2,7 +2,7 @@
 
 `Broker(tmp_path).start()` runs `/usr/sbin/mosquitto -c <conf>` (apt `mosquitto`) on a free
 port; `kill()` is a kill -9 (a broker that dies mid-delivery), `start()` again brings it back
-on the same port. `with_password(user, password)` makes it refuse anonymous clients.
+on the same port. `with_password(user, password)` makes it refuse anonymous clients, `with_acl(rules)` limits topics.
 `Subscriber` collects what a QoS 1 subscription receives.
 """
 
@@ -33,6 +33,7 @@ class Broker:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.password_file: Path | None = None
+        self.acl_file: Path | None = None
         self.process: subprocess.Popen | None = None
         self.log = self.folder / "mosquitto.log"
 
@@ -40,6 +41,12 @@ class Broker:
         self.password_file = self.folder / "passwords"
         self.password_file.write_text("")
         subprocess.run(["mosquitto_passwd", "-b", str(self.password_file), user, password], check=True)
+        return self
+
+    def with_acl(self, rules: str) -> "Broker":
+        """Mosquitto ACL rules (e.g. 'pattern write explorer/%u/#'), applied to every listener."""
+        self.acl_file = self.folder / "acl"
+        self.acl_file.write_text(rules.strip() + "\n")
         return self
 
     def config(self) -> Path:
@@ -52,6 +59,8 @@ class Broker:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
         else:
             lines += ["allow_anonymous true"]
+        if self.acl_file is not None:
+            lines += [f"acl_file {self.acl_file}"]
         conf = self.folder / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

@@ -76,6 +76,8 @@ class OutboxPublisher:
         self._connack = threading.Event()
         self._refusal: str | None = None
         self._lost: str | None = None
+        self._refused_mids: dict[int, str] = {}
+        """mid -> reason, for PUBACKs that carry a failure (paho still counts them published)."""
 
     # -- connection ---------------------------------------------------------------------
     def connect(self) -> "OutboxPublisher":
@@ -89,13 +91,14 @@ class OutboxPublisher:
 
         settings = self.settings
         where = f"MQTT broker {settings.host}:{settings.port}"
-        # A fresh client id per connection with a clean session: the outbox, not the broker,
+        # MQTT 5, because a 3.1.1 broker acknowledges a publish its ACL refused with a plain
+        # PUBACK (the message is silently dropped); a 5 broker says "Not authorized" in it.
+        # A fresh client id and a clean start per connection: the outbox, not the broker,
         # remembers what is unsent.
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"explorer-{self.device_id}-{uuid.uuid4().hex[:8]}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
+            protocol=mqtt.MQTTv5,
         )
         client.max_inflight_messages_set(20)
         if settings.username:
@@ -107,10 +110,12 @@ class OutboxPublisher:
                 raise SyncError(f"{where}: cannot set up TLS with CA file {settings.ca_file!r}: {exc}") from None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         self._connack.clear()
         self._refusal = self._lost = None
+        self._refused_mids.clear()
         try:
-            client.connect(settings.host, settings.port, keepalive=30)
+            client.connect(settings.host, settings.port, keepalive=30, clean_start=True)
         except ssl.SSLError as exc:
             raise SyncError(f"{where}: TLS handshake failed: {exc}") from None
         except OSError as exc:
@@ -135,6 +140,10 @@ class OutboxPublisher:
         if not self._connack.is_set():  # dropped before any CONNACK: a refusal, not a wait
             self._refusal = self._lost
             self._connack.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused_mids[mid] = str(reason_code)
 
     @property
     def connected(self) -> bool:
@@ -224,8 +233,12 @@ class OutboxPublisher:
             except (RuntimeError, ValueError) as exc:
                 outcomes.append(str(exc))
                 continue
-            outcomes.append(None if info.is_published() else
-                            f"no PUBACK within {self.puback_timeout_s:.0f} s" + (f"; {self._lost}" if self._lost else ""))
+            if not info.is_published():
+                outcomes.append(f"no PUBACK within {self.puback_timeout_s:.0f} s" + (f"; {self._lost}" if self._lost else ""))
+            elif info.mid in self._refused_mids:
+                outcomes.append(f"the broker refused it: {self._refused_mids.pop(info.mid)}")
+            else:
+                outcomes.append(None)
         link_error = self._lost if self._lost else None
         if link_error is None and any(o is not None and o.startswith("no PUBACK") for o in outcomes):
             link_error = f"the broker stopped acknowledging within {self.puback_timeout_s:.0f} s"

@@ -34,7 +34,7 @@ def settings_for(broker: Broker, **fields) -> SyncSettings:
     return SyncSettings(enabled=True, host=broker.host, port=broker.port, **fields)
 
 
-def queue_detections(store: Store, count: int) -> list[str]:
+def queue_detections(store: Store, count: int, device_id: str = DEVICE) -> list[str]:
     """Close `count` detections (each queues its outbox message, as the pipeline's writer does)."""
     ids = []
     for n in range(count):
@@ -48,7 +48,7 @@ def queue_detections(store: Store, count: int) -> list[str]:
             bundle_name="elsilencio-default",
             bundle_version="1.0.0",
             bundle_sha256="a" * 64,
-            device_id=DEVICE,
+            device_id=device_id,
             source="/recordings/H02_20230420_074000.ogg",
             start_s=5.0 * n,
             end_s=5.0 * n + 5,

@@ -110,3 +110,30 @@ def store_for_thread(store):
     from device.store import Store
 
     return Store.open(store.path)
+
+
+def test_a_publish_the_broker_acl_refuses_stays_pending_with_the_reason(tmp_path, store):
+    # Each device may write only under its own id; a Pi whose config names another device's
+    # id would otherwise have its detections acknowledged and dropped (MQTT 3.1.1 PUBACKs can't refuse).
+    broker = (Broker(tmp_path / "acl").with_password("pi-h02", "frog-song")
+              .with_acl("pattern read explorer/#\npattern write explorer/%u/#").start())
+    credentials = dict(username="pi-h02", password="frog-song")
+    try:
+        own = queue_detections(store, 2)
+        foreign = queue_detections(store, 3, device_id="pi-h03")
+        subscriber = Subscriber(broker, "explorer/#", **credentials)
+        try:
+            report = drain_once(store, settings_for(broker, **credentials), DEVICE)
+            received = subscriber.wait_for(2)
+        finally:
+            subscriber.close()
+    finally:
+        broker.stop()
+
+    assert (report.attempted, report.ok, report.failed, report.pending_after) == (5, 2, 3, 3)
+    assert sorted(parse_payload(body)["detection_id"] for _, body in received) == sorted(own)
+    refused = store.db.execute(
+        """SELECT m.detection_id, a.detail FROM outbox_attempt a JOIN outbox_message m USING (message_id)
+           WHERE a.result = 'FAILURE'""").fetchall()
+    assert sorted(d for d, _ in refused) == sorted(foreign)
+    assert all(detail == "the broker refused it: Not authorized" for _, detail in refused)
