@@ -31,6 +31,8 @@ CONNECT_TIMEOUT_S = 10.0
 PUBACK_TIMEOUT_S = 10.0
 """Longest wait for one batch's PUBACKs; longer means the link is too poor to count on."""
 BATCH = 50
+REFUSED = "the broker refused it: "
+"""How a refused message's FAILURE detail starts (followed by the PUBACK's reason)."""
 """Messages published before waiting for their PUBACKs: paho keeps 20 in flight, the rest queue."""
 
 
@@ -236,12 +238,16 @@ class OutboxPublisher:
             if not info.is_published():
                 outcomes.append(f"no PUBACK within {self.puback_timeout_s:.0f} s" + (f"; {self._lost}" if self._lost else ""))
             elif info.mid in self._refused_mids:
-                outcomes.append(f"the broker refused it: {self._refused_mids.pop(info.mid)}")
+                outcomes.append(REFUSED + self._refused_mids.pop(info.mid))
             else:
                 outcomes.append(None)
         link_error = self._lost if self._lost else None
         if link_error is None and any(o is not None and o.startswith("no PUBACK") for o in outcomes):
             link_error = f"the broker stopped acknowledging within {self.puback_timeout_s:.0f} s"
+        if link_error is None and outcomes and all(o is not None and o.startswith(REFUSED) for o in outcomes):
+            # Not one message taken: a configuration problem (credentials, ACL), not a bad
+            # message. Stop, so a retry loop appends one attempt per back-off, not per message.
+            link_error = f"the broker refuses our messages ({outcomes[0][len(REFUSED):]})"
         return outcomes, link_error
 
 

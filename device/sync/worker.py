@@ -100,7 +100,6 @@ class SyncWorker:
                         self._stop.wait(backoff)
                         backoff = min(backoff * 2, self.backoff_max_s)
                         continue
-                    backoff = self.backoff_first_s
                     self._update(connected=True, last_error=None)
                 try:
                     report = publisher.drain()
@@ -110,11 +109,15 @@ class SyncWorker:
                     self._wake.wait(self.settings.interval_s)
                     continue
                 self._record(report)
-                if report.error is not None:
+                if report.error is not None:  # lost link or refused messages: wait before trying again
+                    log.warning("sync: %s; retrying in %.0f s", report.error, backoff)
                     publisher.close()
                     publisher = None
                     self._update(connected=False, last_error=report.error)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.backoff_max_s)
                     continue
+                backoff = self.backoff_first_s  # a clean drain: the link works again
                 self._wake.wait(self.settings.interval_s)
             if publisher is not None and publisher.connected:
                 self._record(publisher.drain(limit=FINAL_DRAIN_LIMIT))

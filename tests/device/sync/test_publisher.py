@@ -137,3 +137,17 @@ def test_a_publish_the_broker_acl_refuses_stays_pending_with_the_reason(tmp_path
            WHERE a.result = 'FAILURE'""").fetchall()
     assert sorted(d for d, _ in refused) == sorted(foreign)
     assert all(detail == "the broker refused it: Not authorized" for _, detail in refused)
+
+
+def test_when_the_broker_refuses_every_message_the_drain_stops_after_one_batch(tmp_path, store):
+    broker = (Broker(tmp_path / "acl").with_password("pi-h02", "frog-song")
+              .with_acl("pattern write explorer/%u/#").start())
+    try:
+        queue_detections(store, 7, device_id="pi-h03")  # the config names another device's id
+        with OutboxPublisher(store, settings_for(broker, username="pi-h02", password="frog-song"), DEVICE,
+                             batch=3) as publisher:
+            report = publisher.drain()
+    finally:
+        broker.stop()
+    assert (report.attempted, report.ok, report.failed, report.pending_after) == (3, 0, 3, 7)
+    assert report.error == "the broker refuses our messages (Not authorized)"

@@ -106,3 +106,21 @@ def test_a_run_whose_broker_is_unreachable_keeps_everything_pending_and_says_why
     queued = query(device_home.database, "SELECT count(*) FROM outbox_message")[0][0]
     successes = query(device_home.database, "SELECT count(*) FROM outbox_attempt WHERE result = 'SUCCESS'")[0][0]
     assert closed > 0 and queued == closed and successes == 0
+
+
+def test_a_worker_whose_messages_are_refused_backs_off_instead_of_looping(tmp_path, store):
+    broker = (Broker(tmp_path / "acl").with_password("pi-h02", "frog-song")
+              .with_acl("pattern write explorer/%u/#").start())
+    queue_detections(store, 4, device_id="pi-h03")
+    settings = settings_for(broker, username="pi-h02", password="frog-song", interval_s=1.0)
+    worker = SyncWorker(store.path, settings, DEVICE, backoff_first_s=0.2).start()
+    try:
+        assert wait_until(lambda: (worker.state.last_error or "").startswith("the broker refuses our messages"), 10)
+        time.sleep(1.5)  # back-off 0.2, 0.4, 0.8 s: a handful of drains, where a loop would make hundreds
+        drains = worker.state.drains
+    finally:
+        worker.stop()
+        broker.stop()
+    assert 1 <= drains <= 5
+    failures = store.db.execute("SELECT count(*) FROM outbox_attempt WHERE result = 'FAILURE'").fetchone()[0]
+    assert failures == 4 * drains and store.pending_count() == 4
