@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXAMPLE ?= examples/birdclef_train_3.ogg
 APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils mosquitto ffmpeg
 
-.PHONY: demo test setup system-deps bench bench-tui clean
+.PHONY: demo test setup system-deps bench bench-tui bench-sync clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: setup
 ## Four hours of recordings replayed through the guide's screen: memory over time, UI CPU share.
 bench-tui: setup
 	$(BIN)/python -m bench.tui_bench
+
+## The outbox drained to a local Mosquitto, against bare QoS 1 publishing of the same payloads.
+bench-sync: setup
+	$(BIN)/python -m bench.sync_cost
 
 clean:
 	rm -rf $(VENV) .pytest_cache

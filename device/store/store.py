@@ -177,6 +177,10 @@ class Store:
         """Append a delivery attempt (SUCCESS when `ok`); return its attempt_id."""
         return self._write("recording a delivery attempt", outbox.record_attempt, message_id, destination, ok, detail)
 
+    def record_attempts(self, attempts: list[tuple[str, str, bool, str | None]]) -> list[str]:
+        """Append (message_id, destination, ok, detail) attempts in one transaction; return their ids."""
+        return self._write("recording delivery attempts", outbox.record_attempts, attempts)
+
     # Clips -------------------------------------------------------------------------
 
     def add_clip(
