@@ -36,6 +36,7 @@ class Broker:
         """As deployed: without it Mosquitto holds each last PUBACK ~40 ms (Nagle meets delayed ACK)."""
         self.password_file: Path | None = None
         self.acl_file: Path | None = None
+        self.tls: tuple[Path, Path, Path] | None = None
         self.process: subprocess.Popen | None = None
         self.log = self.folder / "mosquitto.log"
 
@@ -51,6 +52,11 @@ class Broker:
         self.acl_file.write_text(rules.strip() + "\n")
         return self
 
+    def with_tls(self, ca: Path, cert: Path, key: Path) -> "Broker":
+        """Serve MQTT over TLS only, with this CA, certificate and key (see `make_test_ca`)."""
+        self.tls = (Path(ca), Path(cert), Path(key))
+        return self
+
     def config(self) -> Path:
         # `user`: run as root, mosquitto would switch to the `mosquitto` user, who cannot read
         # pytest's private temporary folders; stay whoever started it.
@@ -64,6 +70,9 @@ class Broker:
             lines += ["allow_anonymous true"]
         if self.acl_file is not None:
             lines += [f"acl_file {self.acl_file}"]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}", "tls_version tlsv1.2"]
         conf = self.folder / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
@@ -134,3 +143,23 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def make_test_ca(folder: Path, name: str = "test-ca", host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for `host` (IP SAN) signed by it: (ca, cert, key)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / f"{name}{suffix}" for suffix in
+                                  ("-ca.key", "-ca.crt", "-server.key", "-server.csr", "-server.crt"))
+    ext = folder / f"{name}-san.cnf"
+    ext.write_text(f"subjectAltName = IP:{host}\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+            "-days", "2", "-subj", f"/CN={name}")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={host}")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return ca, cert, key

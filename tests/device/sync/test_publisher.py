@@ -151,3 +151,23 @@ def test_when_the_broker_refuses_every_message_the_drain_stops_after_one_batch(t
         broker.stop()
     assert (report.attempted, report.ok, report.failed, report.pending_after) == (3, 0, 3, 7)
     assert report.error == "the broker refuses our messages (Not authorized)"
+
+
+def test_tls_delivers_with_the_right_ca_and_names_the_failure_with_a_wrong_one(tmp_path, store):
+    from tests.mqtt import make_test_ca
+
+    ca, cert, key = make_test_ca(tmp_path / "pki")
+    stranger_ca, _, _ = make_test_ca(tmp_path / "other-pki", name="stranger")
+    broker = Broker(tmp_path / "tls").with_tls(ca, cert, key).start()
+    try:
+        queue_detections(store, 4)
+        with pytest.raises(SyncError, match=rf"127\.0\.0\.1:{broker.port}: TLS handshake failed: .*CERTIFICATE_VERIFY_FAILED"):
+            drain_once(store, settings_for(broker, tls=True, ca_file=str(stranger_ca)), DEVICE)
+        with pytest.raises(SyncError, match=r"cannot set up TLS with CA file '/nonexistent/ca.crt'"):
+            drain_once(store, settings_for(broker, tls=True, ca_file="/nonexistent/ca.crt"), DEVICE)
+        assert store.pending_count() == 4
+        report = drain_once(store, settings_for(broker, tls=True, ca_file=str(ca)), DEVICE)
+    finally:
+        broker.stop()
+    assert report.ok == 4 and report.pending_after == 0
+    assert {d for _, d in attempts(store, "SUCCESS")} == {f"mqtts://127.0.0.1:{broker.port}"}
