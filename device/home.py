@@ -52,6 +52,23 @@ class ExplorerHome:
         return self.bundles / "ACTIVE"
 
     @property
+    def previous_bundle_pointer(self) -> Path:
+        """Names the bundle that was active before the current one: what a rollback returns to."""
+        return self.bundles / "PREVIOUS"
+
+    def previous_bundle(self) -> Path | None:
+        """The bundle active before the current one, if it is still installed."""
+        return self._pointed_bundle(self.previous_bundle_pointer)
+
+    def _pointed_bundle(self, pointer: Path) -> Path | None:
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        path = self.bundles / name
+        return path if name and path.is_dir() else None
+
+    @property
     def trusted_keys(self) -> Path:
         return self.root / "keys" / "trusted"
 
@@ -75,18 +92,28 @@ class ExplorerHome:
 
     def active_bundle(self) -> Path | None:
         """The active bundle's directory, or None when none has been installed."""
-        try:
-            name = self.active_bundle_pointer.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        path = self.bundles / name
-        return path if name and path.is_dir() else None
+        return self._pointed_bundle(self.active_bundle_pointer)
 
     def set_active_bundle(self, bundle_dir: Path) -> None:
-        """Point ACTIVE at a directory under `bundles/`, atomically (rename over the old pointer)."""
+        """Point ACTIVE at a directory under `bundles/`, atomically (rename over the old pointer).
+
+        The bundle it replaces is remembered in PREVIOUS first, so a rollback can return to it;
+        a power cut between the two writes leaves ACTIVE unchanged.
+        """
         bundle_dir = Path(bundle_dir).resolve()
         if bundle_dir.parent != self.bundles.resolve():
             raise ValueError(f"{bundle_dir} is not under {self.bundles}")
-        tmp = self.active_bundle_pointer.with_suffix(".tmp")
-        tmp.write_text(bundle_dir.name + "\n", encoding="utf-8")
-        os.replace(tmp, self.active_bundle_pointer)
+        current = self.active_bundle()
+        if current is not None and current.name != bundle_dir.name:
+            _write_pointer(self.previous_bundle_pointer, current.name)
+        _write_pointer(self.active_bundle_pointer, bundle_dir.name)
+
+
+def _write_pointer(pointer: Path, name: str) -> None:
+    """Replace a one-line pointer file atomically and durably (temp file, fsync, rename)."""
+    tmp = pointer.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(name + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, pointer)

@@ -15,6 +15,7 @@ import tarfile
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,6 +24,9 @@ from device.bundle.manifest import MANIFEST_FILE, SIGNATURE_FILE, BundleError, M
 from device.bundle.verify import VerifiedBundle, verify_bundle
 from device.cli.common import home_of
 from device.home import ExplorerHome
+
+if TYPE_CHECKING:
+    from device.engine.selftest import SelfTestReport
 
 # name-version becomes a directory under bundles/: no separators, no leading dot.
 _DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -189,13 +193,17 @@ def _stage(source: Path, staging: Path) -> None:
         raise BundleError(f"{source}: neither a bundle directory nor a bundle tar")
 
 
-def install_bundle(home: ExplorerHome, source: Path) -> VerifiedBundle:
-    """Verify `source` (tar or directory) against the home's trust list, place it, make it active.
+def install_bundle(home: ExplorerHome, source: Path) -> tuple[VerifiedBundle, SelfTestReport]:
+    """Verify `source` (tar or directory) against the home's trust list, place it, self-test it
+    on this device's recent clips, and make it active (the one it replaces becomes PREVIOUS).
 
     Raises:
         BundleError: the bundle is malformed, unsigned, untrusted, holds unpinned files, or
             a different bundle of the same name and version is installed.
+        SelfTestError: it verified but does not run correctly here; nothing changed.
     """
+    from device.engine.selftest import SelfTestError, self_test
+
     home.ensure()
     staging = home.bundles / f".install-{uuid.uuid4().hex}"
     try:
@@ -220,10 +228,19 @@ def install_bundle(home: ExplorerHome, source: Path) -> VerifiedBundle:
             if existing.sha256 != verified.sha256:
                 raise BundleError(f"{target}: a different bundle {dir_name} is already installed there")
             shutil.rmtree(staging)
+            placed_here = False
         else:
             staging.rename(target)
+            placed_here = True
+        installed = verify_bundle(target, home.trusted_keys)
+        try:
+            report = self_test(installed, home.clips)
+        except SelfTestError as exc:
+            if placed_here:  # never leave a bundle that failed here where a rollback could pick it
+                shutil.rmtree(target, ignore_errors=True)
+            raise SelfTestError(f"{source}: self-test failed, the active bundle is unchanged: {exc}") from None
         home.set_active_bundle(target)
-        return verify_bundle(target, home.trusted_keys)
+        return installed, report
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -243,8 +260,51 @@ def install(ctx: click.Context, source: Path) -> None:
         explorer bundle install elsilencio-default-1.0.0.tar
     """
     try:
-        verified = install_bundle(home_of(ctx), source)
+        verified, report = install_bundle(home_of(ctx), source)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from None
     manifest = verified.manifest
+    click.echo(f"self-test passed on {report.audio}: {report.windows} window(s), {report.ms_per_window:.0f} ms each")
     click.echo(f"installed and active: {manifest.name} {manifest.version} at {verified.path}")
+
+
+@bundle.command()
+@click.pass_context
+def rollback(ctx: click.Context) -> None:
+    """Make the previously active bundle active again (run it twice to come back).
+
+    The previous bundle is verified against the trusted keys first; a bundle that no longer
+    verifies is never switched to.
+
+    Example:
+
+        explorer bundle rollback
+    """
+    home = home_of(ctx)
+    previous = home.previous_bundle()
+    if previous is None:
+        raise click.ClickException(f"nothing to roll back to: no previous bundle recorded in {home.bundles}")
+    verified = _verify(previous, home)
+    home.set_active_bundle(previous)
+    click.echo(f"active again: {verified.manifest.name} {verified.manifest.version} at {previous}")
+
+
+@bundle.command(name="list")
+@click.pass_context
+def list_bundles(ctx: click.Context) -> None:
+    """The installed bundles, marking the active one (*) and the one a rollback returns to (<).
+
+    Example:
+
+        explorer bundle list
+    """
+    home = home_of(ctx)
+    active, previous = home.active_bundle(), home.previous_bundle()
+    found = sorted(p for p in home.bundles.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if home.bundles.is_dir() else []
+    if not found:
+        click.echo(f"no bundles installed in {home.bundles}")
+        return
+    for path in found:
+        mark = "*" if active and path.name == active.name else "<" if previous and path.name == previous.name else " "
+        click.echo(f"{mark} {path.name}")
