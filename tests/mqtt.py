@@ -57,7 +57,16 @@ class Broker:
         self.tls = (Path(ca), Path(cert), Path(key))
         return self
 
+    def with_config(self, text: str) -> "Broker":
+        """Run this configuration as given (e.g. the shipped deploy/broker/mosquitto.conf)."""
+        self.config_text = text
+        return self
+
     def config(self) -> Path:
+        conf = self.folder / "mosquitto.conf"
+        if getattr(self, "config_text", None) is not None:
+            conf.write_text(self.config_text)
+            return conf
         # `user`: run as root, mosquitto would switch to the `mosquitto` user, who cannot read
         # pytest's private temporary folders; stay whoever started it.
         lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}",
@@ -108,7 +117,8 @@ class Broker:
 class Subscriber:
     """A QoS 1 subscription to `topic`, collecting (topic, payload bytes) on paho's thread."""
 
-    def __init__(self, broker: Broker, topic: str = "#", username: str | None = None, password: str | None = None):
+    def __init__(self, broker: Broker, topic: str = "#", username: str | None = None, password: str | None = None,
+                 ca: Path | None = None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes]] = []
@@ -117,6 +127,8 @@ class Subscriber:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{free_port()}")
         if username:
             client.username_pw_set(username, password)
+        if ca is not None:
+            client.tls_set(ca_certs=str(ca))
         client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         client.on_message = self._on_message
