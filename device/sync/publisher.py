@@ -127,8 +127,8 @@ class OutboxPublisher:
             raise SyncError(f"{where}: cannot connect: {exc.strerror or exc}") from None
         sock = client.socket()
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Small QoS 1 packets otherwise meet Nagle's algorithm and the peer's delayed ACK:
-            # ~40 ms lost at the end of every batch.
+            # Our side of the Nagle / delayed-ACK stall that bench/sync_cost measures (~40 ms a
+            # batch); the broker needs `set_tcp_nodelay true` for its side (deploy/broker/).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.loop_start()
         if not self._connack.wait(CONNECT_TIMEOUT_S):
