@@ -33,3 +33,15 @@ def query(database: Path, sql: str, params=()) -> list[tuple]:
         return connection.execute(sql, params).fetchall()
     finally:
         connection.close()
+
+
+def wait_until(condition, timeout_s: float = 15.0, every_s: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `timeout_s` passes; return its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every_s)
+    return bool(condition())

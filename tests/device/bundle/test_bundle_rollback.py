@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 
-import numpy as np
 import soundfile as sf
 from click.testing import CliRunner
 

@@ -7,19 +7,10 @@ import time
 from device.sync.payload import parse_payload
 from device.sync.worker import SyncWorker
 from tests.device.sync.conftest import DEVICE, queue_detections, settings_for
-from tests.helpers import query, run_explorer
+from tests.helpers import query, run_explorer, wait_until
 from tests.mqtt import Broker, Subscriber, free_port
 
 FROG = "audio/birdclef_train_audio/3.ogg"  # Allobates femoralis (21211), 38 s, 32 kHz
-
-
-def wait_until(condition, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_the_worker_backs_off_while_the_broker_is_down_and_delivers_when_it_returns(tmp_path, store):
