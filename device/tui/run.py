@@ -61,7 +61,7 @@ class TuiRuntime:
         tour_id = self.session.ensure_tour(tour_name)
         self.tour = self.store.tour(tour_id)
         self.pipeline = self._start(source, live, tour_id, ui_queue)
-        self.collector = StatusCollector(self.pipeline, source, self.store, home.clips, live)
+        self.collector = StatusCollector(self.pipeline, source, self.store, home.clips, live, sync=self.session.sync)
         self.feed = LiveFeed(self.pipeline, self.collector)
         self.closed = False
 

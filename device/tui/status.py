@@ -61,6 +61,8 @@ class DeviceStatus:
     detections: int = 0
     pending_sync: int | None = None
     last_sync_on: datetime | None = None
+    sync_error: str | None = None
+    """Why the sync worker cannot deliver right now (None: fine, or sync is off)."""
     clip_disk_free_bytes: int | None = None
     battery_percent: int | None = None
     error: str | None = None
@@ -130,7 +132,9 @@ class LevelMeter:
 class StatusCollector:
     """Builds `DeviceStatus` from the pipeline, the source and the UI's Store."""
 
-    def __init__(self, pipeline, source, store, clips_dir: Path, live: bool, clock=time.monotonic):
+    def __init__(self, pipeline, source, store, clips_dir: Path, live: bool, clock=time.monotonic, sync=None):
+        self.sync = sync
+        """The run's SyncWorker, when sync is enabled: its last error is shown to the guide."""
         self.pipeline = pipeline
         self.source = source
         self.store = store
@@ -171,6 +175,7 @@ class StatusCollector:
             detections=s.detections_closed,
             error=s.error,
             finished=s.finished,
+            sync_error=self.sync.state.last_error if self.sync is not None else None,
             **self._slow,
         )
 

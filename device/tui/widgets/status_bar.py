@@ -49,7 +49,10 @@ def status_items(status: DeviceStatus, tz: tzinfo | None) -> list[tuple[str, str
         items.append(("sync: unknown", warn))
     else:
         last = status.last_sync_on.astimezone(tz).strftime("%H:%M") if status.last_sync_on else "never"
-        items.append((f"sync {status.pending_sync} pending, last {last}", ""))
+        if status.sync_error:  # the words a guide can act on; the full reason is in the log
+            items.append((f"⚠ sync {status.pending_sync} pending, last {last}: {sync_problem(status.sync_error)}", warn))
+        else:
+            items.append((f"sync {status.pending_sync} pending, last {last}", ""))
     if status.clip_disk_free_bytes is not None:
         low = status.clip_disk_free_bytes < 200_000_000
         items.append((("⚠ " if low else "") + f"clips disk {human_bytes(status.clip_disk_free_bytes)} free", warn if low else ""))
@@ -59,6 +62,16 @@ def status_items(status: DeviceStatus, tz: tzinfo | None) -> list[tuple[str, str
     if status.error:
         items.append((f"⚠ error: {status.error}", warn))
     return items
+
+
+def sync_problem(error: str) -> str:
+    """A sync worker's error in a few words for the trail."""
+    lowered = error.lower()
+    if "refused the connection" in lowered or "not authorized" in lowered or "refuses our messages" in lowered:
+        return "broker refuses this device"
+    if "tls" in lowered or "certificate" in lowered:
+        return "TLS problem"
+    return "no connection"
 
 
 def pack(items: list[tuple[str, str]], width: int) -> list[list[tuple[str, str]]]:
