@@ -53,11 +53,26 @@ def run_watch_folder(
     """Watch `in_dir` until `stop` is set (or, with `once`, until nothing is left to do).
 
     A file being analysed when `stop` is set is finished first, so it is recorded once.
+    With `[sync] enabled`, a sync worker sends each file's detections once it is stored.
     """
-    from device.store import Store
-
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = WatchFolder(in_dir, settle_s=settle_s)
+    sync = None
+    if settings.sync.enabled:  # a field station with a link sends each file's detections as they land
+        from device.sync.worker import SyncWorker
+
+        sync = SyncWorker(home.database, settings.sync, settings.device.id).start()
+    try:
+        return _watch(home, settings, engine, in_dir, out_dir, once, folder, stop, sync)
+    finally:
+        if sync is not None:
+            sync.stop()
+
+
+def _watch(home, settings, engine, in_dir: Path, out_dir: Path, once: bool, folder: WatchFolder,
+           stop: threading.Event | None, sync) -> int:
+    from device.store import Store
+
     processed = 0
     with Store.open(home.database) as store:
         store.record_bundle(engine.manifest.name, engine.manifest.version, engine.bundle.sha256, engine.manifest.labels)
@@ -78,6 +93,8 @@ def run_watch_folder(
                 store.mark_watched_file(path, stat.st_size, stat.st_mtime, status="done", result=str(csv_path))
                 processed += 1
                 log.info("%s: %d detections -> %s", path.name, count, csv_path)
+                if sync is not None and count:
+                    sync.wake()
             if once and not ready and not folder.pending():
                 break
             stop.wait(POLL_S)

@@ -115,3 +115,23 @@ def test_a_worker_whose_messages_are_refused_backs_off_instead_of_looping(tmp_pa
     assert 1 <= drains <= 5
     failures = store.db.execute("SELECT count(*) FROM outbox_attempt WHERE result = 'FAILURE'").fetchone()[0]
     assert failures == 4 * drains and store.pending_count() == 4
+
+
+def test_the_watch_folder_sends_each_files_detections(device_home, shared_data, broker, tmp_path):
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(shared_data / FROG, inbox / "frog.ogg")
+    device_home.config_file.write_text(
+        f'[device]\nid = "{DEVICE}"\n\n[sync]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
+    )
+    subscriber = Subscriber(broker, f"explorer/{DEVICE}/detection")
+    try:
+        result = run_explorer("run", "--source", str(inbox), "--out", str(tmp_path / "out"), "--once", home=device_home)
+        assert result.returncode == 0, result.stderr
+        stored = sorted(row[0] for row in query(device_home.database, "SELECT detection_id FROM detection"))
+        received = subscriber.wait_for(len(stored))
+    finally:
+        subscriber.close()
+    assert stored and sorted(parse_payload(body)["detection_id"] for _, body in received) == stored
