@@ -101,9 +101,10 @@ class ServerStore:
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            found = conn.execute("SELECT * FROM detection WHERE detection_id = ?", [row["detection_id"]]).fetchone()
+            cursor = conn.execute("SELECT * FROM detection WHERE detection_id = ?", [row["detection_id"]])
+            found = cursor.fetchone()
             if found is not None:
-                existing = dict(zip([d[0] for d in conn.execute("SELECT * FROM detection LIMIT 0").description], found))
+                existing = dict(zip([d[0] for d in cursor.description], found))
                 if existing["device_id"] != row["device_id"]:
                     raise ForeignDetectionError(
                         f"detection {row['detection_id']} belongs to device {existing['device_id']!r}, "

@@ -10,6 +10,7 @@ and quits sends what is pending.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -75,8 +76,6 @@ class SyncWorker:
             return self._state
 
     def _update(self, **changes) -> None:
-        import dataclasses
-
         with self._lock:
             self._state = dataclasses.replace(self._state, **changes)
 
