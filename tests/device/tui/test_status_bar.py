@@ -14,11 +14,6 @@ QUIET = DeviceStatus(source="pulse", source_state="capturing", bundle="elsilenci
                      rtf=0.0071, windows_inferred=10, pending_sync=0, clip_disk_free_bytes=8_000_000_000)
 
 
-class Bar(App):
-    def compose(self) -> ComposeResult:
-        yield StatusBar()
-
-
 class CountingBar(StatusBar):
     def __init__(self):
         super().__init__()
@@ -36,9 +31,9 @@ class CountingApp(App):
 
 def test_a_long_error_wraps_the_bar_onto_more_lines_and_goes_away_again():
     async def main():
-        app = Bar()
+        app = CountingApp()
         async with app.run_test(size=(80, 24)) as pilot:
-            bar = app.query_one(StatusBar)
+            bar = app.query_one(CountingBar)
             bar.show(QUIET, None)
             await pilot.pause()
             quiet_height = bar.size.height
