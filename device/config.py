@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.contracts.checks import check_device_id
+
 
 class ConfigError(ValueError):
     """A configuration value the device refuses: names the file, key and reason."""
@@ -22,7 +24,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DeviceSettings:
     id: str = "explorer-dev"
-    """Stable id of this device; stamped on every detection and sync message."""
+    """Stable id of this device; stamped on every detection and sync message, so it follows the
+    wire contract's rule (`device.contracts.checks.DEVICE_ID_RULE`), checked at start."""
     site: str = "El Silencio Natural Reserve"
     latitude: float | None = None
     longitude: float | None = None
@@ -111,8 +114,17 @@ def _check_number(value: Any, where: str, low: float | None = None, high: float 
         raise ConfigError(f"{where}: {value} is above the maximum {high}")
 
 
+def _check_device_id(value: Any, where: str) -> None:
+    # The wire contract's own rule: an id the payload refuses would fail every detection save.
+    try:
+        check_device_id(value, where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # Per-area validation: (section, key) -> check(value, where)
 _RULES = {
+    ("device", "id"): _check_device_id,
     ("device", "latitude"): lambda v, w: v is None or _check_number(v, w, -90, 90),
     ("device", "longitude"): lambda v, w: v is None or _check_number(v, w, -180, 180),
     ("audio", "hop_s"): lambda v, w: _check_number(v, w, 0.25, 60),
@@ -152,8 +164,6 @@ def _build_section(cls: type, values: dict[str, Any], source: str, section: str)
             _RULES[(section, key)](value, where)
     if section == "detection" and "thresholds" in values:
         _check_thresholds(values["thresholds"], f"{source}: [detection] thresholds")
-    if section == "device" and "id" in values and not str(values["id"]).strip():
-        raise ConfigError(f"{source}: [device] id: empty")
     return cls(**values)
 
 
@@ -167,7 +177,20 @@ def parse_settings(raw: dict[str, Any], source: str) -> Settings:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{name}]: expected a table")
         built[name] = _build_section(sections[name].default_factory().__class__, dict(values), source, name)
-    return Settings(**built)
+    settings = Settings(**built)
+    _check_sync(settings.sync, source)
+    return settings
+
+
+def _check_sync(sync: SyncSettings, source: str) -> None:
+    """Rules across [sync]'s keys: checked at start, so a run never discovers on the trail,
+    hours later, that it could never have delivered anything."""
+    if not sync.enabled:
+        return
+    if not sync.host.strip():
+        raise ConfigError(f"{source}: [sync] host: empty while [sync] enabled is true")
+    if sync.tls and sync.ca_file and not Path(sync.ca_file).is_file():
+        raise ConfigError(f"{source}: [sync] ca_file: {sync.ca_file} is not a readable file (tls is on)")
 
 
 def load_settings(path: Path) -> Settings:

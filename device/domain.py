@@ -2,7 +2,7 @@
 
 One object per concept (see ARCHITECTURE.md): a `Window` of audio, the `Prediction`
 the engine makes for it, and the `Detection` event that merges consecutive windows.
-Database rows (device/store) and MQTT payloads (device/sync/payload.py) are built from
+Database rows (device/store) and MQTT payloads (device/contracts/) are built from
 these by explicit functions at the edges, never by serialising them wholesale.
 """
 
@@ -80,14 +80,21 @@ class Prediction:
     labels: tuple[str, ...]
     """primary_label of each score, in bundle manifest order."""
     scores: np.ndarray
-    """Fused probability per label, float32 in [0, 1]."""
+    """Fused probability per label, float32 in [0, 1]; NaN where the window could not be
+    scored (see `unscored_branches`), never a made-up 0."""
     branch_scores: dict[str, np.ndarray]
-    """Per-branch probabilities over the bundle's labels (NaN where a branch does not score a label)."""
+    """Per-branch probabilities over the bundle's labels (NaN where a branch does not score a
+    label); unscored branches are absent."""
     inference_s: float = 0.0
     """Wall time the engine spent on this window (all branches and fusion)."""
     mel: np.ndarray | None = None
     """The log-mel the first mel-producing branch saw ([bands, frames], dB), for display."""
     embedding: np.ndarray | None = None
+    unscored_branches: tuple[str, ...] = ()
+    """Branches left out of this window's fusion because they gave NaN/infinity or failed
+    (and "fusion" when the fusion graph's own output was not finite). Empty: fully scored."""
+    failed_branches: tuple[str, ...] = ()
+    """The unscored branches whose run raised (the rest gave non-finite scores)."""
 
 
 @dataclass
@@ -134,3 +141,75 @@ class Detection:
             self.peak_start_s = window.start_s
         # An event is secondary only if the label never topped a window.
         self.secondary = self.secondary and secondary
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One message the server will never store, and why (resending it would not help)."""
+
+    kind: str
+    """What was refused: 'detection' or 'feedback'."""
+    record_id: str
+    """The detection or feedback id the message carried."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the server tells one device it has committed: only now is a message delivered.
+
+    The device marks each named message confirmed and stops resending it; one it sent and
+    never saw in a receipt is sent again after a timeout (the server's upsert makes that safe).
+    """
+
+    device_id: str
+    issued_on: datetime
+    stored: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Kind ('detection', 'feedback') -> the ids whose rows the server committed."""
+    refused: tuple[Refusal, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """How many ids the receipt carries in all."""
+        return sum(len(ids) for ids in self.stored.values()) + len(self.refused)
+
+
+VERDICTS = ("confirm", "reject")
+MAX_NOTE_CHARS = 2_000
+"""A note is a sentence or two typed on the trail; the cap stops a stuck key filling the log."""
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A guide's verdict on a detection: it feeds retraining, and reaches the server."""
+
+    feedback_id: str
+    detection_id: str
+    verdict: str
+    """'confirm' or 'reject'; a guide who changes their mind adds a new verdict."""
+    note: str | None
+    created_on: datetime
+
+
+@dataclass(frozen=True)
+class Status:
+    """A device's state as it reports it (retained on the broker; the server keeps the latest)."""
+
+    device_id: str
+    online: bool
+    """False in the last will the broker publishes when the device vanishes, and in the
+    message a device sends as it disconnects cleanly."""
+    published_on: datetime
+    release: str
+    """The explorer release the device runs (which payload schemas it speaks)."""
+    bundle_name: str | None = None
+    bundle_version: str | None = None
+    outbox_pending: int | None = None
+    """Messages never acknowledged (or past their receipt timeout)."""
+    outbox_unconfirmed: int | None = None
+    """Messages the broker acknowledged that no receipt has confirmed yet."""
+    rtf: float | None = None
+    windows_dropped: int | None = None
+    clip_disk_free_bytes: int | None = None
+    battery_percent: int | None = None
+    last_detection_on: datetime | None = None

@@ -19,16 +19,16 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from device.audio.queue import DropOldestQueue
-from device.audio.types import AudioSource
-from device.audio.windows import Windower
+from device.audio.types import AudioBlock, AudioError, AudioSource
+from device.audio.windows import cut_windows
 from device.config import Settings
-from device.detect.decide import Decider, thresholds_for
-from device.detect.merge import EventMerger, EventStamp, OpenEvent
+from device.detect.detector import Detector
+from device.detect.merge import OpenEvent
 from device.domain import Detection, Prediction, Window
 from device.engine.engine import Engine
 
@@ -62,6 +62,11 @@ class PipelineStatus:
     rtf: float = 0.0
     """Inference time over audio time advanced (below 1 keeps up with live audio)."""
     last_inference_ms: float = 0.0
+    windows_unscored: int = 0
+    """Windows a branch gave NaN/infinity on or failed on (`Prediction.unscored_branches`): the
+    labels left without a trustworthy score are NaN there, and no detection opens from a NaN."""
+    branch_failures: int = 0
+    """Optional-branch runs that raised (a required branch's failure stops the run: `error`)."""
     detections_opened: int = 0
     detections_closed: int = 0
     clips_written: int = 0
@@ -123,18 +128,7 @@ class Pipeline:
         self.live = live
         self.on_detection = on_detection
         manifest = engine.manifest
-        self.decider = Decider(
-            manifest.label_ids,
-            thresholds_for(manifest, settings.detection.thresholds, settings.detection.min_threshold),
-        )
-        stamp = EventStamp(
-            device_id=settings.device.id,
-            bundle_name=manifest.name,
-            bundle_version=manifest.version,
-            bundle_sha256=engine.bundle.sha256,
-            tour_id=tour_id,
-        )
-        self.merger = EventMerger(stamp, settings.detection.merge_gap_windows)
+        self.detector = Detector.for_engine(engine, settings, tour_id)
         self.windows = DropOldestQueue(settings.audio.queue_windows, "inference")
         self.store_ops: DropOldestQueue = DropOldestQueue(WRITER_QUEUE, "writer")
         self.ui_events = DropOldestQueue(UI_QUEUE, "ui", drop_note="the screen skips an update, no audio is lost")
@@ -165,7 +159,7 @@ class Pipeline:
 
     def set_tour(self, tour_id: str | None) -> None:
         """Detections opened from now on belong to `tour_id`."""
-        self.merger.stamp = replace(self.merger.stamp, tour_id=tour_id)
+        self.detector.set_tour(tour_id)
         with self._lock:
             self._status.tour_id = tour_id
 
@@ -189,46 +183,35 @@ class Pipeline:
                 setattr(self._status, key, value)
 
     def _fail(self, where: str, exc: BaseException) -> None:
-        log.exception("%s thread failed", where)
+        if isinstance(exc, AudioError):  # bad input, named in its message: no traceback to read
+            log.error("%s thread stopped: %s", where, exc)
+        else:
+            log.exception("%s thread failed", where)
         self._update(error=f"{where}: {exc}")
         self._stop.set()
 
     # -- capture ---------------------------------------------------------------------------
     def _capture(self) -> None:
-        windower = None
-        index = 0
         try:
-            for block in self.source.blocks():
-                if self._stop.is_set():
-                    break
-                if windower is None:
-                    rate = block.sample_rate_hz
-                    window = round(ANALYSIS_WINDOW_S * rate)
-                    windower = Windower(rate, window, round(self.settings.audio.hop_s * rate))
-                self._update(source_state="capturing")
-                for cut in windower.push(block):
-                    self._emit(cut, index)
-                    index += 1
-            if windower is not None:
-                for cut in windower.flush():
-                    self._emit(cut, index)
-                    index += 1
-        except Exception as exc:  # the source died: analyse what we have, then stop
+            windows = cut_windows(self._blocks(), ANALYSIS_WINDOW_S, self.settings.audio.hop_s, self.source.name,
+                                  self.engine.min_sample_rate_hz)
+            for window in windows:
+                self._emit(window)
+        except Exception as exc:  # the source died or cannot be used: analyse what we have, then stop
             self._fail("capture", exc)
         finally:
             self._update(source_state="ended")
             self.windows.put_blocking(_END, timeout=None)
 
-    def _emit(self, cut, index: int) -> None:
-        window = Window(
-            samples=cut.samples,
-            sample_rate_hz=cut.sample_rate_hz,
-            start_s=cut.start_sample / cut.sample_rate_hz,
-            started_on=cut.started_on,
-            source=self.source.name,
-            valid_samples=cut.valid_samples,
-            index=index,
-        )
+    def _blocks(self) -> Iterator[AudioBlock]:
+        """The source's blocks until it ends or `stop()` (the window under way is then flushed)."""
+        for block in self.source.blocks():
+            if self._stop.is_set():
+                return
+            self._update(source_state="capturing")
+            yield block
+
+    def _emit(self, window: Window) -> None:
         item = _Timed(window, time.monotonic())
         with self._lock:
             self._status.windows_captured += 1
@@ -246,8 +229,7 @@ class Pipeline:
                 if item is _END:
                     break
                 prediction = self.engine.predict(item.window)
-                heard = self.decider.decide(prediction)
-                merged = self.merger.push(prediction, heard)
+                merged = self.detector.push(prediction)
                 for event in merged.closed:
                     self._to_writer("close", event, item.emitted_at)
                 for event in merged.opened:
@@ -262,11 +244,13 @@ class Pipeline:
                     status.inference_s += prediction.inference_s
                     status.rtf = status.inference_s / status.audio_s if status.audio_s else 0.0
                     status.last_inference_ms = prediction.inference_s * 1000
+                    status.windows_unscored += bool(prediction.unscored_branches)
+                    status.branch_failures += len(prediction.failed_branches)
                 self.ui_events.put(UiEvent("prediction", prediction=prediction))
         except Exception as exc:
             self._fail("inference", exc)
         finally:
-            for event in self.merger.flush():
+            for event in self.detector.flush():
                 self._to_writer("close", event, time.monotonic())
             self.store_ops.put_blocking(_END, timeout=None)
 

@@ -23,17 +23,29 @@ from device.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 
-def open_source(spec: str, settings: Settings, realtime: bool = False) -> tuple[AudioSource, bool]:
+def open_source(spec: str, settings: Settings, realtime: bool = False, min_rate_hz: int = 0) -> tuple[AudioSource, bool]:
     """The source a `--source` value names, and whether it is live.
 
     `mic` means the configured microphone; an existing file is read (paced with `realtime`);
-    anything else is a microphone name or index.
+    anything else is a microphone name or index. A file recorded below `min_rate_hz` (the
+    bundle's `Engine.min_sample_rate_hz`) is refused here, before a tour starts; a
+    microphone's rate is checked when its first block arrives.
+
+    Raises:
+        AudioError: no such file, an unreadable one, or one below `min_rate_hz`.
     """
     path = Path(spec)
     if path.is_file():
         from device.audio.files import FileSource
+        from device.audio.windows import check_rate
 
-        return FileSource(path, realtime=realtime), realtime
+        source = FileSource(path, realtime=realtime)
+        try:
+            check_rate(source.name, source.sample_rate_hz, min_rate_hz)
+        except BaseException:
+            source.close()
+            raise
+        return source, realtime
     if "/" in spec or path.suffix.lower() in AUDIO_EXTENSIONS:
         from device.audio.types import AudioError
 

@@ -4,6 +4,12 @@ Every new audio file in the input folder is analysed once: its BirdCLEF-format C
 the output folder and its detections to the local log. A file still being written is never
 read early (`WatchFolder` waits until it settles), and the store remembers each finished file
 by path, size and mtime, so a restart neither reprocesses nor skips one.
+
+Crash safety: a file is marked 'processing' before it is analysed; its CSV is written
+atomically; then its detections, their outbox messages and its 'done' mark are committed in
+one transaction (`Store.save_watched_file_results`). A kill at any point leaves either
+nothing of the file in the log (it is still 'processing', so the next start analyses it
+again) or all of it, never its detections twice.
 """
 
 from __future__ import annotations
@@ -16,8 +22,7 @@ from device.analysis import analyze_file, row_id, write_submission
 from device.audio.types import AudioError
 from device.audio.watch import WatchFolder
 from device.config import Settings
-from device.detect.decide import Decider, thresholds_for
-from device.detect.merge import EventMerger, EventStamp
+from device.detect.detector import Detector
 from device.engine.engine import Engine
 from device.home import ExplorerHome
 
@@ -27,22 +32,33 @@ POLL_S = 1.0
 
 
 def process_file(store, settings: Settings, engine: Engine, path: Path, out_dir: Path) -> tuple[Path, int]:
-    """Analyse one file: write its CSV, store its detections; returns (csv path, detections)."""
-    manifest = engine.manifest
-    decider = Decider(manifest.label_ids, thresholds_for(manifest, settings.detection.thresholds, settings.detection.min_threshold))
+    """Analyse one file: mark it 'processing', write its CSV, then store its detections and
+    mark it 'done' in one transaction; returns (csv path, detections).
+
+    Raises:
+        AudioError: the file cannot be analysed; it is marked 'failed' with the reason and
+            nothing else of it is stored.
+    """
+    stat = path.stat()
+    size, mtime = stat.st_size, stat.st_mtime
+    store.mark_watched_file(path, size, mtime, status="processing")
     tour = store.active_tour()
-    merger = EventMerger(
-        EventStamp(settings.device.id, manifest.name, manifest.version, engine.bundle.sha256, tour.tour_id if tour else None),
-        settings.detection.merge_gap_windows,
-    )
-    rows, closed = [], []
-    for i, prediction in enumerate(analyze_file(engine, path)):
-        rows.append((row_id(path, i), prediction.scores))
-        closed.extend(merger.push(prediction, decider.decide(prediction)).closed)
-    closed.extend(merger.flush())
+    detector = Detector.for_engine(engine, settings, tour.tour_id if tour else None)
+    rows, closed, unscored = [], [], 0
+    try:
+        for i, prediction in enumerate(analyze_file(engine, path)):
+            rows.append((row_id(path, i), prediction.scores))
+            unscored += bool(prediction.unscored_branches)
+            closed.extend(detector.push(prediction).closed)
+    except AudioError as exc:
+        store.mark_watched_file(path, size, mtime, status="failed", result=str(exc))
+        raise
+    closed.extend(detector.flush())
+    if unscored:
+        log.warning("%s: %d of %d windows could not be scored (NaN/infinity or a failed branch); "
+                    "their cells are empty in the CSV", path.name, unscored, len(rows))
     csv_path = write_submission(out_dir / f"{path.stem}.csv", engine.labels, rows)
-    for event in closed:
-        store.save_detection(event.detection, final=True)
+    store.save_watched_file_results(path, size, mtime, [e.detection for e in closed], csv_path)
     return csv_path, len(closed)
 
 
@@ -83,14 +99,11 @@ def _watch(home, settings, engine, in_dir: Path, out_dir: Path, once: bool, fold
             for path in ready:
                 if stop.is_set():
                     break
-                stat = path.stat()
                 try:
                     csv_path, count = process_file(store, settings, engine, path, out_dir)
-                except AudioError as exc:
+                except AudioError as exc:  # marked 'failed' with its reason: not retried until it changes
                     log.error("%s", exc)
-                    store.mark_watched_file(path, stat.st_size, stat.st_mtime, status="failed", result=str(exc))
                     continue
-                store.mark_watched_file(path, stat.st_size, stat.st_mtime, status="done", result=str(csv_path))
                 processed += 1
                 log.info("%s: %d detections -> %s", path.name, count, csv_path)
                 if sync is not None and count:

@@ -12,7 +12,16 @@ from pathlib import Path
 import click
 
 from device.bundle.manifest import BundleError
-from device.cli.common import home_of
+from device.home import ExplorerHome
+
+
+def home_of(ctx: click.Context) -> ExplorerHome:
+    """The data home `explorer --home` resolved (the root group's object), created on first use.
+
+    Read from the click context rather than through device/cli: the exporter sits beside the
+    device's CLI, never on top of it (tests/device/test_imports.py).
+    """
+    return ctx.find_root().obj.ensure()
 
 
 @click.group()

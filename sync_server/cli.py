@@ -19,8 +19,26 @@ def cli() -> None:
     """
 
 
+def db_option(command):
+    """`--db PATH|URL`: the aggregate database, SQLite (a path or sqlite:///path) or PostgreSQL."""
+    return click.option(
+        "--db", "db_target", required=True, metavar="PATH|URL",
+        help="The aggregate database: a SQLite file (path or sqlite:///path) or postgresql://user@host:port/db.",
+    )(command)
+
+
+def open_store(db_target: str, must_exist: bool = False):
+    """The ServerStore for `--db`, or a click error naming the database and why not."""
+    from sync_server.db import ServerStore, ServerStoreError
+
+    try:
+        return ServerStore.open(db_target, must_exist=must_exist)
+    except ServerStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cli.command()
-@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False), help="The aggregate SQLite database.")
+@db_option
 @click.option("--host", default="localhost", show_default=True)
 @click.option("--port", default=8883, show_default=True, type=int)
 @click.option("--username", default="sync-server", show_default=True)
@@ -29,18 +47,17 @@ def cli() -> None:
 @click.option("--ca-file", default="", help="The CA that signed the broker's certificate (default: the system's).")
 @click.option("--client-id", default="explorer-ingest", show_default=True,
               help="The persistent session's id: keep it stable, the broker queues for it while we are down.")
-def ingest(db_path, host, port, username, password, tls, ca_file, client_id) -> None:
+def ingest(db_target, host, port, username, password, tls, ca_file, client_id) -> None:
     """Take every device's detections from the broker into the aggregate database, until SIGTERM.
 
     Example:
 
         explorer-server ingest --db aggregate.db --host sync.example.org --ca-file /etc/explorer/ca.crt
     """
-    from sync_server.database import ServerStore
     from sync_server.ingest import BrokerSettings, Ingestor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = ServerStore(db_path)
+    store = open_store(db_target)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -50,7 +67,7 @@ def ingest(db_path, host, port, username, password, tls, ca_file, client_id) -> 
     except OSError as exc:
         store.close()
         raise click.ClickException(f"MQTT broker {host}:{port}: cannot connect: {exc.strerror or exc}") from None
-    click.echo(f"ingesting from {host}:{port} into {db_path}", err=True)
+    click.echo(f"ingesting from {host}:{port} into {store.label}", err=True)
     try:
         while not stop.wait(60):
             counts = store.counts()
@@ -64,22 +81,25 @@ def ingest(db_path, host, port, username, password, tls, ca_file, client_id) -> 
 
 
 @cli.command()
-@click.option("--db", "db_path", required=True, type=click.Path(exists=True, dir_okay=False))
-def status(db_path) -> None:
+@db_option
+def status(db_target) -> None:
     """What the aggregate database holds, and the last refused messages with their reasons.
 
     Example:
 
         explorer-server status --db aggregate.db
+        explorer-server status --db postgresql://explorer@db.example.org:5432/explorer
     """
-    from sync_server.database import ServerStore
+    from sync_server.db import ServerStoreError
 
-    store = ServerStore(db_path)
+    store = open_store(db_target, must_exist=True)
     try:
         counts = store.counts()
         click.echo(f"{counts.detections} detections from {counts.devices} devices; {counts.rejected} messages refused")
-        for row in store.db.query("SELECT received_on, topic, reason FROM rejected_message ORDER BY rejected_id DESC LIMIT 5"):
-            click.echo(f"  refused {row['received_on']} on {row['topic']}: {row['reason']}")
+        for refused in store.recent_rejections(5):
+            click.echo(f"  refused {refused.received_on} on {refused.topic}: {refused.reason}")
+    except ServerStoreError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         store.close()
 

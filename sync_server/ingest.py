@@ -1,7 +1,7 @@
 """MQTT ingest: every device's detections from the broker into the aggregate database.
 
 Trusts nothing on the wire. Each message is checked by the device's own contract
-(`device.sync.payload.parse_payload`), its payload's device id must be the one in its topic
+(`device.contracts.detection.parse_payload`), its payload's device id must be the one in its topic
 (the broker's ACL ties the topic to the device's credentials), and a detection id already
 stored for another device is never overwritten. A refused message is recorded with its reason
 and acknowledged (sending it again would not make it valid); a stored one is acknowledged only
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 
-from device.sync.payload import parse_payload
-from sync_server.database import ForeignDetectionError, ServerStore
+from device.contracts.detection import parse_payload
+from sync_server.db import Rejected, ServerStore, ServerStoreError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,8 @@ class IngestStats:
 def ingest_message(store: ServerStore, topic: str, payload: bytes, stats: IngestStats | None = None) -> str:
     """Check and store one message; return 'inserted', 'updated', 'unchanged' or 'rejected'.
 
-    Raises only for a failure of the database itself (sqlite3.Error, OSError): the caller must
-    then leave the message unacknowledged.
+    Raises only for a failure of the database itself (ServerStoreError): the caller must then
+    leave the message unacknowledged.
     """
     stats = stats if stats is not None else IngestStats()
     try:
@@ -62,20 +61,25 @@ def ingest_message(store: ServerStore, topic: str, payload: bytes, stats: Ingest
         if checked["device_id"] != match.group(1):
             raise ValueError(f"payload device_id {checked['device_id']!r} does not match the topic's "
                              f"{match.group(1)!r}")
-        outcome = store.upsert_detection(checked)
-    except (ValueError, ForeignDetectionError) as exc:
-        reason = str(exc)
-        store.reject(topic, reason, payload)
-        stats.rejected += 1
-        stats.reasons.append(reason)
-        del stats.reasons[:-20]
-        log.warning("ingest: refused a message on %s: %s", topic, reason)
-        return "rejected"
+    except ValueError as exc:
+        store.store_batch([], [Rejected(topic, str(exc), payload)])
+        return _refused(stats, topic, str(exc))
+    (outcome,) = store.store_batch([checked], [])
+    if outcome == "foreign":  # the store kept the claim in rejected_message, naming both devices
+        return _refused(stats, topic, f"detection {checked['detection_id']} belongs to another device")
     if outcome == "unchanged":
         stats.unchanged += 1
     else:
         stats.stored += 1
     return outcome
+
+
+def _refused(stats: IngestStats, topic: str, reason: str) -> str:
+    stats.rejected += 1
+    stats.reasons.append(reason)
+    del stats.reasons[:-20]
+    log.warning("ingest: refused a message on %s: %s", topic, reason)
+    return "rejected"
 
 
 class Ingestor:
@@ -128,7 +132,7 @@ class Ingestor:
     def _on_message(self, client, userdata, message) -> None:
         try:
             ingest_message(self.store, message.topic, bytes(message.payload), self.stats)
-        except (sqlite3.Error, OSError) as exc:
+        except ServerStoreError as exc:
             # Not acknowledged: the broker keeps it for this session and sends it again after
             # we reconnect. Drop the connection so that happens once the disk is back.
             self.stats.store_errors += 1

@@ -35,6 +35,7 @@ from scipy.optimize import minimize
 
 from trainer.artefact import save_artefact
 from trainer.logistic import fit_logistic, sigmoid
+from trainer.metrics import roc_auc
 from trainer.augment import TAIL_S, WINDOW_S, WindowPlan, plan_clean, plan_mixes
 from trainer.embeddings import EMBEDDING_RECIPE, EmbeddingCache, birdnet_session, default_cache_dir, device_embedding, embed_plans
 from trainer.labelled import (
@@ -214,13 +215,6 @@ def choose_thresholds(scores: np.ndarray, targets: np.ndarray, sources: list[str
     return np.clip(out, *THRESHOLD_RANGE)
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    if not len(pos) or not len(neg):
-        return None
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(wins / (len(pos) * len(neg)))
-
-
 def evaluate(scores: np.ndarray, targets: np.ndarray, kinds: np.ndarray, sources: list[str],
              thresholds: np.ndarray, label_ids: list[str], recordings: list[tuple[str, str, np.ndarray]]) -> dict:
     """Recall and false positives per label, per source of negatives, and per recording.
@@ -238,7 +232,7 @@ def evaluate(scores: np.ndarray, targets: np.ndarray, kinds: np.ndarray, sources
     for j, label in enumerate(label_ids):
         pos = targets[:, j] > 0
         row: dict[str, Any] = {"threshold": round(float(thresholds[j]), 4),
-                               "roc_auc": _auc(scores[pos, j], scores[~pos, j])}
+                               "roc_auc": roc_auc(scores[:, j], pos)}
         for kind in ("clean", "mix"):
             mask = pos & (kinds == kind)
             row[f"{kind}_windows"] = int(mask.sum())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,12 +31,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import soundfile as sf
-from scipy.signal import resample_poly
 
+from device.audio.resample import resample
 from exporter.frontend import DEFAULT_LOG_MEL, LogMelParams, build_front_end_model
 from exporter.manifest_builder import labels_from_taxonomy
 from trainer.artefact import save_artefact
 from trainer.logistic import fit_logistic, sigmoid
+from trainer.metrics import average_precision, roc_auc
 
 WINDOW_S = 5.0
 """The device's analysis window; BirdCLEF labels 5 s segments."""
@@ -90,17 +90,9 @@ def read_recordings(data_dir: Path) -> list[Recording]:
 
 
 def load_audio(path: Path, rate_hz: int) -> np.ndarray:
-    """Mono float32 audio at `rate_hz` (polyphase resampling, as the device's resampler)."""
+    """Mono float32 audio at `rate_hz`, through the device's own resampler (training sees what the Pi feeds)."""
     audio, native = sf.read(path, dtype="float32", always_2d=True)
     return resample(audio.mean(axis=1), native, rate_hz)
-
-
-def resample(audio: np.ndarray, native_hz: int, rate_hz: int) -> np.ndarray:
-    """float32 `audio` from `native_hz` to `rate_hz` with scipy's polyphase filter."""
-    if native_hz == rate_hz:
-        return audio.astype(np.float32, copy=False)
-    g = math.gcd(native_hz, rate_hz)
-    return resample_poly(audio, rate_hz // g, native_hz // g).astype(np.float32)
 
 
 def cut_windows(audio: np.ndarray, window: int, hop: int) -> np.ndarray:
@@ -222,18 +214,9 @@ def choose_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.clip(thresholds, *THRESHOLD_RANGE)
 
 
-def _average_precision(score: np.ndarray, y: np.ndarray) -> float:
-    order = np.argsort(-score, kind="stable")
-    hits = np.cumsum(y[order])
-    precision = hits / np.arange(1, len(y) + 1)
-    return float((precision * y[order]).sum() / max(y.sum(), 1))
-
-
-def _roc_auc(score: np.ndarray, y: np.ndarray) -> float:
-    """Probability that a positive window outscores a negative one (ties count half)."""
-    pos, neg = score[y], score[~y]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+def _or_nan(value: float | None) -> float:
+    """The artefact stores an undefined metric as NaN (and the macro means skip it)."""
+    return float("nan") if value is None else value
 
 
 def evaluate(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, label_ids: list[str]) -> dict[str, Any]:
@@ -247,8 +230,8 @@ def evaluate(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, la
         recall = tp / max(int(y.sum()), 1)
         per_label[label] = {
             "windows": int(y.sum()),
-            "ap": _average_precision(scores[:, j], y) if y.any() else float("nan"),
-            "roc_auc": _roc_auc(scores[:, j], y) if y.any() and (~y).any() else float("nan"),
+            "ap": _or_nan(average_precision(scores[:, j], y)),
+            "roc_auc": _or_nan(roc_auc(scores[:, j], y)),
             "threshold": float(thresholds[j]),
             "precision": precision,
             "recall": recall,

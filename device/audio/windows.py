@@ -5,6 +5,10 @@ exactly `window_samples`, starting every `hop_samples`. A hop below the window l
 overlaps windows, which recovers calls cut at window edges (live default 2.5 s hop over
 5 s windows). Only the audio the next window still needs is kept, so memory stays at one
 window however long the source runs.
+
+`cut_windows` is the one loop that turns a source's blocks into domain `Window`s: the live
+pipeline, whole-file analysis and the watch folder all cut through it, so the grid, the
+padding of the last window and the refusal of unusable sample rates are written once.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from __future__ import annotations
 import logging
 from collections import deque
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from device.audio.types import AudioBlock
+from device.audio.types import AudioBlock, AudioError
+from device.domain import Window
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +189,73 @@ class Windower:
                 result.append(Cut(self._next_start, samples, self._time_of(self._next_start), self.sample_rate_hz, len(real)))
         self._reset()
         return result
+
+
+def check_rate(source_name: str, sample_rate_hz: int, min_rate_hz: int) -> None:
+    """Refuse audio recorded below the lowest rate the analysis can use.
+
+    Resampling a 1 Hz or 4 kHz recording up to a model's rate invents no frequencies: the
+    model would be shown an empty spectrum above the recording's Nyquist limit and its
+    scores would mean nothing. Such a file is bad input, named like any other.
+
+    Raises:
+        AudioError: `sample_rate_hz` is below `min_rate_hz`; names the source, its rate and
+            the minimum.
+    """
+    if sample_rate_hz < min_rate_hz:
+        raise AudioError(
+            f"{source_name}: sample rate {sample_rate_hz} Hz is below {min_rate_hz} Hz, the lowest rate this "
+            f"bundle's branches can use (its audio above {sample_rate_hz / 2:g} Hz is missing); nothing was analysed"
+        )
+
+
+def cut_windows(
+    blocks: Iterable[AudioBlock], window_s: float, hop_s: float, source_name: str, min_rate_hz: int = 0
+) -> Iterator[Window]:
+    """The analysis windows of a stream of blocks, in order, the last one zero-padded.
+
+    The grid is set by the first block's rate (`round(window_s * rate)` samples every
+    `round(hop_s * rate)`); memory stays at one window however long the stream is. When
+    `blocks` ends (the source ended, or the caller's generator stopped it), the partial
+    window still holding unanalysed audio is yielded, padded.
+
+    Args:
+        blocks: One source's blocks, at one rate, in source order.
+        window_s: Seconds per window.
+        hop_s: Seconds between window starts.
+        source_name: What the audio came from (each Window's `source`, and the error's subject).
+        min_rate_hz: The lowest sample rate the caller can analyse (`Engine.min_sample_rate_hz`),
+            checked once, on the first block.
+
+    Yields:
+        `Window`s numbered from 0 (`Window.index`).
+
+    Raises:
+        AudioError: the source's rate is below `min_rate_hz` (before any window is cut).
+    """
+    windower = None
+    index = 0
+    for block in blocks:
+        if windower is None:
+            rate = block.sample_rate_hz
+            check_rate(source_name, rate, min_rate_hz)
+            windower = Windower(rate, round(window_s * rate), round(hop_s * rate))
+        for cut in windower.push(block):
+            yield _window(cut, source_name, index)
+            index += 1
+    if windower is not None:
+        for cut in windower.flush():
+            yield _window(cut, source_name, index)
+            index += 1
+
+
+def _window(cut: Cut, source_name: str, index: int) -> Window:
+    return Window(
+        samples=cut.samples,
+        sample_rate_hz=cut.sample_rate_hz,
+        start_s=cut.start_sample / cut.sample_rate_hz,
+        started_on=cut.started_on,
+        source=source_name,
+        valid_samples=cut.valid_samples,
+        index=index,
+    )

@@ -16,6 +16,7 @@ Schema version 1 (JSON):
                      BirdCLEF 2025 taxonomy.csv in its order
     branches         [{name, file, sha256, precision, threads,
                        input {name, kind: "waveform", sample_rate_hz, window_samples,
+                              min_sample_rate_hz (optional, default 8000),
                               front_end {kind, in_graph: true, ...parameters}},
                        outputs {scores {name, labels[], activation},
                                 embedding {name, dim} | null, mel {name, bands} | null}}]
@@ -30,6 +31,10 @@ Schema version 1 (JSON):
 `outputs.scores.activation` is what the DEVICE applies to that output to get probabilities:
 "sigmoid" (the graph outputs logits), "softmax" (logits of mutually exclusive labels) or
 "none" (the graph already outputs probabilities in [0, 1]).
+
+`input.min_sample_rate_hz` is the lowest rate a RECORDING may have for this branch to hear it
+(the device resamples every source to `sample_rate_hz`, but resampling adds no frequencies):
+audio below it is refused, naming its rate and this minimum.
 """
 
 from __future__ import annotations
@@ -55,6 +60,12 @@ KNOWN_FUSION_RULES = ("max", "mean")
 KNOWN_INPUT_KINDS = ("waveform",)
 # Rates the device's resampler is meant for; anything outside is a broken manifest.
 MIN_RATE_HZ, MAX_RATE_HZ = 8_000, 192_000
+DEFAULT_MIN_SAMPLE_RATE_HZ = 8_000
+"""A branch's `input.min_sample_rate_hz` when the manifest gives none: the lowest rate real
+recorders write (AudioMoth's lowest setting, telephone-band and old xeno-canto uploads). Its
+Nyquist limit of 4 kHz still carries frog advertisement calls and many bird songs (the 9 kHz
+Little Tinamou recording in the shared data is analysed), while a 1 Hz or 4 kHz file, resampled
+up to 32 or 48 kHz, would show the model an empty spectrum and get meaningless scores."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -86,6 +97,8 @@ class BranchInput:
     sample_rate_hz: int
     window_samples: int
     front_end: FrontEnd | None
+    min_sample_rate_hz: int = DEFAULT_MIN_SAMPLE_RATE_HZ
+    """The lowest rate a source may be recorded at for this branch to use it."""
 
     @property
     def window_s(self) -> float:
@@ -244,12 +257,20 @@ def _parse_branch(raw: Any, index: int, label_ids: set[str]) -> Branch:
     window = _need(raw_input, "window_samples", int, f"{where}.input")
     if not 0.25 * rate <= window <= 60 * rate:
         raise BundleError(f"{where}.input.window_samples: {window} is not between 0.25 s and 60 s at {rate} Hz")
+    min_rate = DEFAULT_MIN_SAMPLE_RATE_HZ
+    if "min_sample_rate_hz" in raw_input:
+        min_rate = _need(raw_input, "min_sample_rate_hz", int, f"{where}.input")
+        if not 1 <= min_rate <= rate:
+            raise BundleError(
+                f"{where}.input.min_sample_rate_hz: {min_rate} is not between 1 and the branch's own rate ({rate} Hz)"
+            )
     branch_input = BranchInput(
         name=_need(raw_input, "name", str, f"{where}.input"),
         kind=kind,
         sample_rate_hz=rate,
         window_samples=window,
         front_end=_parse_front_end(raw_input.get("front_end"), f"{where}.input.front_end"),
+        min_sample_rate_hz=min_rate,
     )
     outputs = _need(raw, "outputs", dict, where)
     scores = _need(outputs, "scores", dict, f"{where}.outputs")

@@ -33,15 +33,12 @@ _DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 def _bundle_dir(home: ExplorerHome, directory: Path | None) -> Path:
-    if directory is not None:
-        return directory
-    active = home.active_bundle()
-    if active is None:
-        raise click.ClickException(
-            f"no active bundle in {home.bundles}; install one with `explorer bundle install` "
-            "or build the demo with `explorer export demo-bundle`"
-        )
-    return active
+    from device.engine.loader import resolve_bundle_dir
+
+    try:
+        return resolve_bundle_dir(home, directory)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _verify(directory: Path, home: ExplorerHome) -> VerifiedBundle:

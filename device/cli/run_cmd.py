@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from device.cli.common import home_of, settings_of
-from device.cli.run_report import report_run_end
 
 log = logging.getLogger("explorer")
 
@@ -103,12 +102,25 @@ def run(ctx, source, bundle_dir, headless, realtime, hop_s, threads, device_id, 
                              once, stop=stop)
         return
     if screen or serve:
+        from device.audio.types import AudioError
         from device.tui.run import run_tui
 
-        run_tui(home, settings, engine, source, realtime, screen=screen, serve=serve, serve_port=serve_port,
-                serve_review=serve_review)
-        return
-    run_headless(home, settings, engine, source, realtime)
+        try:
+            report = run_tui(home, settings, engine, source, realtime, screen=screen, serve=serve,
+                             serve_port=serve_port, serve_review=serve_review)
+        except AudioError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        report = run_headless(home, settings, engine, source, realtime)
+    print_run_report(report)
+
+
+def print_run_report(report) -> None:
+    """Print a `RunReport`; a run that failed or lost something exits 1 with its reason."""
+    for text in report.lines():
+        click.echo(text)
+    if report.problem:
+        raise click.ClickException(report.problem)
 
 
 @contextlib.contextmanager
@@ -133,13 +145,15 @@ def stop_signals():
             signal.signal(signum, handler)
 
 
-def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> None:
+def run_headless(home, settings, engine, source_spec: str, realtime: bool):
+    """Run without a screen until the source ends or a signal; return the `RunReport`."""
     from device.audio.types import AudioError
+    from device.run_report import build_run_report
     from device.session import DeviceSession, open_source
 
     with stop_signals() as stop:
         try:
-            source, live = open_source(source_spec, settings, realtime)
+            source, live = open_source(source_spec, settings, realtime, engine.min_sample_rate_hz)
         except AudioError as exc:
             raise click.ClickException(str(exc)) from None
         try:
@@ -160,10 +174,12 @@ def run_headless(home, settings, engine, source_spec: str, realtime: bool) -> No
                 s = pipeline.status()
                 mic = s.microphone
                 log.info(
-                    "%s: %d windows, RTF %.3f, %d dropped, %d detections%s",
+                    "%s: %d windows, RTF %.3f, %d dropped, %d detections%s%s",
                     s.source_state, s.windows_inferred, s.rtf, s.windows_dropped, s.detections_closed,
                     f", level {mic.level_dbfs:.0f} dBFS, {mic.clipped_samples} clipped, {mic.reconnects} reconnects"
                     if mic is not None else "",
+                    f", {s.windows_unscored} windows not scored ({s.branch_failures} branch failures)"
+                    if s.windows_unscored or s.branch_failures else "",
                 )
         session.finish()
-    report_run_end(home, tour_id, pipeline.status())
+    return build_run_report(home, tour_id, pipeline.status())

@@ -3,7 +3,8 @@
 The primary label of a window is its top-scoring label among those over their thresholds;
 secondary labels are every other label over its threshold. A label under its own threshold
 is not heard, however high its score, and a window yields nothing when no label reaches its
-threshold.
+threshold. A score that is not finite (NaN: the bundle could not score that label on this
+window, see `Prediction.unscored_branches`) is never heard.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Decider:
     def decide(self, prediction: Prediction) -> list[Heard]:
         """Labels heard in the window, primary first, then secondaries by descending score."""
         scores = prediction.scores
-        over = np.flatnonzero(scores >= self.thresholds)
+        finite = np.isfinite(scores)
+        over = np.flatnonzero(finite & (np.where(finite, scores, -np.inf) >= self.thresholds))
         if len(over) == 0:
             return []
         top = int(over[np.argmax(scores[over])])

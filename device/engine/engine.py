@@ -8,6 +8,11 @@ spaced crops that cover the whole analysis window (5 s -> crops at 0-3 s and 2-5
 scores are max-pooled over the crops, so a call anywhere in the 5 s counts; its embedding is
 the mean over crops. A branch whose window is longer gets the analysis window zero-padded.
 Fusion then sees one score vector per branch per analysis window.
+
+A branch that gives NaN or infinity on a window, or an optional branch that fails on it, is
+left out of that window's fusion and named in `Prediction.unscored_branches`; a label only
+unscored branches score (or any label an unscored REQUIRED branch scores) is fused to NaN,
+never to 0, so no detection opens from it and the submission leaves its cell empty.
 """
 
 from __future__ import annotations
@@ -63,11 +68,20 @@ def split_threads(branches: tuple[Branch, ...], total: int) -> dict[str, int]:
     return {name: max(1, round(total * hint / weight)) for name, hint in hints.items()}
 
 
+NONFINITE_LOG_EVERY = 100
+"""A bundle that gives NaN does so on every window: log the first and every 100th, not each."""
+
+
 @dataclass
 class EngineCounters:
+    """What the engine met over its life (the self-test reads these; a run counts each
+    window's `Prediction.unscored_branches` itself)."""
+
     windows: int = 0
     branch_failures: int = 0
+    """Branch runs that raised (an optional one is then left out of that window's fusion)."""
     nonfinite_scores: int = 0
+    """Branch or fusion outputs that held NaN or infinity (left out, never read as 0)."""
 
 
 class Engine:
@@ -112,56 +126,95 @@ class Engine:
     def branch_names(self) -> tuple[str, ...]:
         return tuple(self.sessions)
 
+    @property
+    def min_sample_rate_hz(self) -> int:
+        """The lowest source rate every loaded branch can use (the max of their manifest
+        `input.min_sample_rate_hz`): audio below it is refused where windows are cut."""
+        return max(s.branch.input.min_sample_rate_hz for s in self.sessions.values())
+
     def _run_branch(self, session: BranchSession, per_rate: dict[int, np.ndarray], window: Window) -> BranchOutput:
         rate = session.branch.input.sample_rate_hz
         valid = round(window.real_samples * rate / window.sample_rate_hz)
         crops = make_crops(per_rate[rate], session.branch.input.window_samples, valid)
-        output = session.run(crops)
-        if not np.isfinite(output.scores).all():
-            self.counters.nonfinite_scores += 1
-            output.scores = np.nan_to_num(output.scores, nan=0.0, posinf=1.0, neginf=0.0)
-        return output
+        return session.run(crops)
 
-    def _fuse(self, outputs: dict[str, BranchOutput], spread: np.ndarray) -> np.ndarray:
+    def _nonfinite(self, what: str, window: Window) -> None:
+        self.counters.nonfinite_scores += 1
+        count = self.counters.nonfinite_scores
+        if count == 1 or count % NONFINITE_LOG_EVERY == 0:
+            log.error("%s gave NaN or infinite scores on window %d of %s (%d such outputs so far); "
+                      "its labels are left unscored, never scored 0", what, window.index, window.source, count)
+
+    def _fuse(self, outputs: dict[str, BranchOutput], spread: np.ndarray, unscored: list[str],
+              window: Window) -> np.ndarray:
+        """Fused probabilities; NaN for a label the usable branches cannot score."""
         fusion = self.manifest.fusion
         if self._fusion is not None:
+            if any(branch not in outputs for branch, _ in fusion.inputs):
+                return np.full(len(self.labels), np.nan, dtype=np.float32)  # the graph needs every input
             feeds = {}
             for name, (branch, kind) in zip(self._fusion_inputs, fusion.inputs):
                 out = outputs[branch]
                 value = out.scores.max(axis=0) if kind == "scores" else np.asarray(out.embedding).mean(axis=0)
                 feeds[name] = value.reshape(1, -1).astype(np.float32)
-            fused = self._fusion.run([fusion.output], feeds)[0].reshape(-1)
-            return np.clip(np.nan_to_num(fused, nan=0.0), 0.0, 1.0).astype(np.float32)
-        with np.errstate(all="ignore"):
-            if fusion.rule == "max":
-                fused = np.nanmax(np.where(np.isnan(spread), -np.inf, spread), axis=0)
-                fused[np.isinf(fused)] = 0.0
-            else:
-                fused = np.nan_to_num(np.nanmean(spread, axis=0), nan=0.0)
-        return fused.astype(np.float32)
+            fused = self._fusion.run([fusion.output], feeds)[0].reshape(-1).astype(np.float32)
+            finite = np.isfinite(fused)
+            if not finite.all():
+                self._nonfinite("the fusion graph", window)
+                unscored.append("fusion")
+            return np.where(finite, np.clip(fused, 0.0, 1.0), np.nan).astype(np.float32)
+        scored = ~np.isnan(spread)
+        counts = scored.sum(axis=0)
+        if fusion.rule == "max":
+            fused = np.where(scored, spread, -np.inf).max(axis=0, initial=-np.inf)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fused = np.where(scored, spread, 0.0).sum(axis=0) / counts
+        fused = np.where(counts > 0, fused, np.nan).astype(np.float32)
+        for name in unscored:  # a required branch's labels cannot be trusted without it
+            if name in fusion.required_branches:
+                fused[self._label_index[name]] = np.nan
+        return fused
 
     def predict(self, window: Window) -> Prediction:
-        """Scores for one analysis window (any native rate, any length)."""
+        """Scores for one analysis window (any native rate, any length).
+
+        A branch that gives NaN/infinity, or an optional branch that raises, is left out and
+        named in the Prediction's `unscored_branches` (see the module docstring).
+
+        Raises:
+            Exception: a REQUIRED branch's run raised (whatever onnxruntime raised).
+        """
         started = time.perf_counter()
         per_rate = {
             rate: resample(window.samples, window.sample_rate_hz, rate)
             for rate in {s.branch.input.sample_rate_hz for s in self.sessions.values()}
         }
         outputs: dict[str, BranchOutput] = {}
+        unscored: list[str] = []
+        failed: list[str] = []
         for name, session in self.sessions.items():
             try:
-                outputs[name] = self._run_branch(session, per_rate, window)
+                output = self._run_branch(session, per_rate, window)
             except Exception:
                 self.counters.branch_failures += 1
                 if name in self.manifest.fusion.required_branches:
                     raise
                 log.exception("optional branch %s failed on window %d; fusing without it", name, window.index)
+                failed.append(name)
+                unscored.append(name)
+                continue
+            if not np.isfinite(output.scores).all():
+                self._nonfinite(f"branch {name}", window)
+                unscored.append(name)
+                continue
+            outputs[name] = output
         spread = np.full((len(outputs), len(self.labels)), np.nan, dtype=np.float32)
         branch_scores = {}
         for row, (name, out) in enumerate(outputs.items()):
             spread[row, self._label_index[name]] = out.scores.max(axis=0)
             branch_scores[name] = spread[row]
-        fused = self._fuse(outputs, spread)
+        fused = self._fuse(outputs, spread, unscored, window)
         mel = None
         if self._mel_branch in outputs and outputs[self._mel_branch].mel is not None:
             mel = np.asarray(outputs[self._mel_branch].mel)[0]
@@ -175,4 +228,6 @@ class Engine:
             inference_s=time.perf_counter() - started,
             mel=mel,
             embedding=embedding,
+            unscored_branches=tuple(unscored),
+            failed_branches=tuple(failed),
         )

@@ -9,16 +9,26 @@ from device.bundle.verify import VerifiedBundle, verify_bundle
 from device.home import ExplorerHome
 
 
+NO_ACTIVE_BUNDLE = (
+    "no active bundle in {bundles}: build and activate the El Silencio model with "
+    "`explorer export default-bundle` (about 10 s), install a signed one with `explorer bundle install`, "
+    "or pass --bundle DIR (`explorer export demo-bundle` builds a small 15-taxon model for tests)"
+)
+"""What a fresh data directory is told. The product's model comes first; the demo bundle is
+only for tests, so it is named last and for what it is."""
+
+
 def resolve_bundle_dir(home: ExplorerHome, bundle_dir: Path | str | None) -> Path:
-    """The bundle named on the command line, else the active one."""
+    """The bundle named on the command line, else the active one.
+
+    Raises:
+        BundleError: none named and none active (the message says how to get one).
+    """
     if bundle_dir:
         return Path(bundle_dir)
     active = home.active_bundle()
     if active is None:
-        raise BundleError(
-            f"no active bundle in {home.bundles} (build the demo one with `explorer export demo-bundle`, "
-            "install one with `explorer bundle install`, or pass --bundle DIR)"
-        )
+        raise BundleError(NO_ACTIVE_BUNDLE.format(bundles=home.bundles))
     return active
 
 

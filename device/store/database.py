@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,6 +340,26 @@ def guard(path: Path | str, action: str) -> Iterator[None]:
         raise StoreError(f"{path}: {action} failed: {exc}") from exc
 
 
+def _enable_wal(db: sqlite_utils.Database) -> None:
+    """Switch a new file to WAL, waiting out a second opener.
+
+    Leaving the rollback journal takes an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, while another connection holds any lock (two
+    threads of one run opening a brand-new file at once: the watch folder and its sync
+    worker). A file already in WAL needs no lock, so only a fresh file ever retries.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            db.execute("PRAGMA journal_mode = wal")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError(f"could not switch to WAL within {BUSY_TIMEOUT_MS} ms: database is locked")
+        time.sleep(0.01)
+
+
 def connect(path: Path | str) -> sqlite_utils.Database:
     """Open (creating if needed) the database at `path`, configured and migrated.
 
@@ -361,7 +382,7 @@ def connect(path: Path | str) -> sqlite_utils.Database:
             db = sqlite_utils.Database(conn, execute_plugins=False)
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA foreign_keys = ON")
-            db.enable_wal()
+            _enable_wal(db)
             db.execute("PRAGMA synchronous = FULL")
             migrate(db, path)
         except BaseException:

@@ -21,11 +21,11 @@ from datetime import datetime
 
 import sqlite_utils
 
+from device.contracts.detection import detection_to_payload, detection_topic, payload_to_json
 from device.domain import Detection, iso_utc, parse_iso_utc, utc_now
 from device.store.bundles import LabelCatalog, LabelInfo, label_info, load_label_catalog
 from device.store.database import NotFoundError, StoreError
 from device.store.outbox import enqueue
-from device.sync.payload import detection_to_payload, detection_topic, payload_to_json
 
 STATUSES = ("open", "closed")
 

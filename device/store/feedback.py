@@ -7,26 +7,13 @@ and the latest verdict is the one that counts (summaries leave out rejected dete
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 
 import sqlite_utils
 
-from device.domain import iso_utc, parse_iso_utc, utc_now
+from device.domain import MAX_NOTE_CHARS, VERDICTS, Feedback, iso_utc, parse_iso_utc, utc_now
 from device.store.database import NotFoundError
 
-VERDICTS = ("confirm", "reject")
-MAX_NOTE_CHARS = 2_000
-"""A note is a sentence or two typed on the trail; the cap stops a stuck key filling the log."""
-
-
-@dataclass(frozen=True)
-class Feedback:
-    feedback_id: str
-    detection_id: str
-    verdict: str
-    note: str | None
-    created_on: datetime
+__all__ = ["MAX_NOTE_CHARS", "VERDICTS", "Feedback", "add_feedback", "feedback_for", "row_to_feedback"]
 
 
 def row_to_feedback(row: dict) -> Feedback:

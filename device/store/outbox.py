@@ -124,3 +124,9 @@ def record_attempts(db: sqlite_utils.Database, attempts: list[tuple[str, str, bo
     """Append several attempts, (message_id, destination, ok, detail) each, in the caller's
     transaction: one fsync for a batch of PUBACKs instead of one per message."""
     return [record_attempt(db, message_id, destination, ok, detail) for message_id, destination, ok, detail in attempts]
+
+
+def last_delivery_on(db: sqlite_utils.Database) -> datetime | None:
+    """The time of the newest SUCCESS attempt to any destination (None before the first)."""
+    found = db.execute("SELECT max(attempted_on) FROM outbox_attempt WHERE result = 'SUCCESS'").fetchone()
+    return parse_iso_utc(found[0]) if found and found[0] else None

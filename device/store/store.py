@@ -181,6 +181,10 @@ class Store:
         """Append (message_id, destination, ok, detail) attempts in one transaction; return their ids."""
         return self._write("recording delivery attempts", outbox.record_attempts, attempts)
 
+    def last_delivery_on(self) -> datetime | None:
+        """When a message was last delivered (its newest SUCCESS attempt, any destination), or None."""
+        return self._read("reading the outbox", outbox.last_delivery_on)
+
     # Clips -------------------------------------------------------------------------
 
     def add_clip(
@@ -291,6 +295,28 @@ class Store:
             result_csv, note = None, detail or (str(result) if result is not None else None)
         args = (path, size, mtime, status, result_csv, note)
         self._write(f"recording watched file {path}", watched.mark_watched_file, *args)
+
+    def save_watched_file_results(
+        self, path: Path | str, size: int, mtime: float, results: Sequence[Detection], result_csv: Path | str
+    ) -> list[str]:
+        """Store a watched file's detections (closed, each with its outbox message) and mark
+        the file 'done', all in ONE transaction; return the queued message ids.
+
+        A crash before the commit leaves none of it (the file is still 'processing' and is
+        analysed again from scratch); a crash after leaves all of it. So a file's detections
+        are stored, and synced, exactly once. Write the result CSV before calling this.
+
+        Raises:
+            StoreError: the write failed and was rolled back (nothing of the file is stored).
+            ValueError: a detection the row or payload cannot hold (rolled back likewise).
+        """
+
+        def save(db: sqlite_utils.Database) -> list[str]:
+            message_ids = [detections.save_detection(db, det, True) for det in results]
+            watched.mark_watched_file(db, path, size, mtime, "done", result_csv)
+            return message_ids
+
+        return self._write(f"storing the results of watched file {path}", save)
 
     def watched_file(self, path: Path | str) -> watched.WatchedFile | None:
         return self._read("reading watched files", watched.watched_file, path)

@@ -4,8 +4,9 @@ It wakes every `[sync] interval_s`, and soon after each new detection (`wake()`)
 when it has no connection (with exponential back-off while the broker is unreachable: the
 trail has no network for hours), drains, and goes back to sleep. It owns its own SQLite
 connection and touches neither capture nor inference, so a dead link costs the pipeline
-nothing. On stop it makes one last bounded drain, so a guide who walks back into coverage
-and quits sends what is pending.
+nothing. On stop it makes one last bounded drain, connecting first if it was still
+connecting or waiting out a back-off, so a guide who walks back into coverage and quits
+sends what is pending.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class SyncWorker:
         self._wake.set()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Make a last bounded drain if connected, disconnect, and join the thread."""
+        """Make a last bounded drain (connecting first if need be), disconnect, and join the thread."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
@@ -118,8 +119,7 @@ class SyncWorker:
                     continue
                 backoff = self.backoff_first_s  # a clean drain: the link works again
                 self._wake.wait(self.settings.interval_s)
-            if publisher is not None and publisher.connected:
-                self._record(publisher.drain(limit=FINAL_DRAIN_LIMIT))
+            publisher = self._final_drain(store, publisher)
         except Exception:  # never take the device down with the link; say so loudly
             log.exception("sync: the worker stopped on an unexpected error; detections stay in the outbox")
         finally:
@@ -127,6 +127,27 @@ class SyncWorker:
                 publisher.close()
             store.close()
             self._update(connected=False)
+
+    def _final_drain(self, store, publisher: OutboxPublisher | None) -> OutboxPublisher | None:
+        """The last drain at stop: connect first when the worker was still connecting or in
+        back-off (bounded by the publisher's CONNECT_TIMEOUT_S), so what the pipeline just
+        flushed is sent whenever the broker can be reached at all. Returns the publisher to close."""
+        from device.store import StoreError
+
+        if publisher is None or not publisher.connected:
+            if publisher is not None:
+                publisher.close()
+            try:
+                publisher = OutboxPublisher(store, self.settings, self.device_id).connect()
+            except SyncError as exc:
+                log.info("sync: no last drain (%s); %d message(s) stay pending", exc, store.pending_count())
+                self._update(last_error=str(exc))
+                return None
+        try:
+            self._record(publisher.drain(limit=FINAL_DRAIN_LIMIT))
+        except StoreError as exc:
+            log.error("sync: last drain: %s", exc)
+        return publisher
 
     def _record(self, report) -> None:
         state = self.state

@@ -12,8 +12,6 @@ import contextlib
 import logging
 import sys
 
-import click
-
 from device.tui.app import ExplorerApp
 from device.tui.feed import LiveFeed
 from device.tui.status import StatusCollector
@@ -110,16 +108,18 @@ def terminal_logging_muted(muted: bool):
 
 def run_tui(home, settings, engine, source_spec: str, realtime: bool, *, screen: bool = True,
             serve: bool = False, serve_host: str = "0.0.0.0", serve_port: int = 8765,
-            serve_review: bool = False, sunlight: bool = False) -> None:
-    """`explorer run` with the guide's screen (`screen`) and/or the phone view (`serve`)."""
-    from device.audio.types import AudioError
-    from device.cli.run_report import report_run_end
+            serve_review: bool = False, sunlight: bool = False):
+    """`explorer run` with the guide's screen (`screen`) and/or the phone view (`serve`).
+
+    Returns the run's `RunReport` (the caller prints it once the screen is gone).
+
+    Raises:
+        AudioError: the source cannot be opened (before anything starts).
+    """
+    from device.run_report import build_run_report
     from device.session import open_source
 
-    try:
-        source, live = open_source(source_spec, settings, realtime)
-    except AudioError as exc:
-        raise click.ClickException(str(exc)) from None
+    source, live = open_source(source_spec, settings, realtime, engine.min_sample_rate_hz)
     runtime = TuiRuntime(home, settings, engine, source, live)
     manifest = engine.manifest
     log.info("listening to %s with %s %s (%d labels)", source.name, manifest.name, manifest.version, len(engine.labels))
@@ -146,5 +146,5 @@ def run_tui(home, settings, engine, source_spec: str, realtime: bool, *, screen:
         status = runtime.close()
         if publisher is not None:
             publisher.remove()
-    report_run_end(home, last_tour_id, status)
+    return build_run_report(home, last_tour_id, status)
 

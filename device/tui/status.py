@@ -1,7 +1,7 @@
 """The status line's facts, gathered without ever waiting on the pipeline.
 
 Everything here is a snapshot read: `Pipeline.status()` (a copy under a short lock), the
-microphone's `status()` (same), two small queries on the UI's own Store, the free space
+microphone's `status()` (same), two small reads of the UI's own Store, the free space
 under the clips folder, and the battery where the Pi reports one in sysfs. The slower
 reads (SQLite, disk, battery) are refreshed every few seconds, not every frame.
 """
@@ -57,6 +57,9 @@ class DeviceStatus:
     rtf: float = 0.0
     windows_inferred: int = 0
     windows_dropped: int = 0
+    windows_unscored: int = 0
+    """Windows a branch gave NaN/infinity on or failed on (shown only when non-zero)."""
+    branch_failures: int = 0
     ui_events_dropped: int = 0
     detections: int = 0
     pending_sync: int | None = None
@@ -171,6 +174,8 @@ class StatusCollector:
             rtf=s.rtf,
             windows_inferred=s.windows_inferred,
             windows_dropped=s.windows_dropped,
+            windows_unscored=s.windows_unscored,
+            branch_failures=s.branch_failures,
             ui_events_dropped=s.ui_events_dropped,
             detections=s.detections_closed,
             error=s.error,
@@ -187,10 +192,7 @@ class StatusCollector:
             values["clip_disk_free_bytes"] = None
         try:
             values["pending_sync"] = self.store.pending_count()
-            row = self.store.db.execute(
-                "SELECT max(attempted_on) FROM outbox_attempt WHERE result = 'SUCCESS'"
-            ).fetchone()
-            values["last_sync_on"] = parse_iso_utc(row[0]) if row and row[0] else None
+            values["last_sync_on"] = self.store.last_delivery_on()
         except Exception as exc:  # a locked or failing card: show unknowns, keep listening
             log.warning("status: could not read the outbox: %s", exc)
             values["pending_sync"] = None

@@ -7,18 +7,18 @@ with like. LiteRT (``ai-edge-litert``) is a development-side dependency only: th
 from __future__ import annotations
 
 import warnings
-from math import gcd
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
+from device.audio.resample import resample
 from exporter.birdnet.convert import EMBEDDING_NAME, INPUT_NAME, LOGITS_NAME, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 
 
 def load_audio_48k(path: Path) -> np.ndarray:
-    """Read a recording as mono float32 at 48 kHz (channels averaged, polyphase resampling).
+    """Read a recording as mono float32 at 48 kHz (channels averaged, the device's resampler:
+    the parity checks then compare BirdNET on the very samples the device would feed it).
 
     Raises:
         ValueError: the file holds no samples.
@@ -26,11 +26,7 @@ def load_audio_48k(path: Path) -> np.ndarray:
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     if audio.size == 0:
         raise ValueError(f"{path}: no audio samples")
-    mono = audio.mean(axis=1)
-    if rate != SAMPLE_RATE_HZ:
-        g = gcd(SAMPLE_RATE_HZ, int(rate))
-        mono = resample_poly(mono, SAMPLE_RATE_HZ // g, int(rate) // g)
-    return np.asarray(mono, dtype=np.float32)
+    return resample(audio.mean(axis=1), int(rate), SAMPLE_RATE_HZ)
 
 
 def windows_3s(audio: np.ndarray, max_windows: int | None = None) -> np.ndarray:

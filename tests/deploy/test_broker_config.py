@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from device.sync.payload import parse_payload
+from device.contracts.detection import parse_payload
 from device.sync.publisher import SyncError, drain_once
 from tests.device.sync.conftest import queue_detections, settings_for
 from tests.mqtt import Broker, Subscriber, free_port, make_test_ca
@@ -68,8 +68,9 @@ def test_a_device_cannot_write_under_another_devices_id(deployed, store):
 
 def test_anonymous_and_plaintext_clients_are_refused(deployed, store):
     queue_detections(store, 1)
-    with pytest.raises(SyncError, match="refused the connection"):
+    with pytest.raises(SyncError, match="refused the connection: Not authorized"):  # no user: CONNACK refuses
         drain_once(store, settings_for(deployed, tls=True, ca_file=str(deployed.ca)), "pi-h02")
-    with pytest.raises(SyncError):  # no TLS: the listener speaks only TLS
+    # No TLS: the listener speaks only TLS, so it drops the plaintext CONNECT without a CONNACK.
+    with pytest.raises(SyncError, match="refused the connection: connection lost"):
         drain_once(store, settings_for(deployed, username="pi-h02", password="frog-song"), "pi-h02")
     assert store.pending_count() == 1

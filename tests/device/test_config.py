@@ -40,6 +40,13 @@ def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path):
         ("[audio\nhop_s = 1\n", "not valid TOML"),
         ("[sync]\nport = 70000\n", "[sync] port: 70000 is above the maximum 65535"),
         ("[clips]\nenabled = 1\n", "[clips] enabled: expected bool, got int"),
+        ('[device]\nid = "guide pi 01"\n', "[device] id: 'guide pi 01' is not a device id (1-64 of A-Z"),
+        ('[device]\nid = ""\n', "[device] id: '' is not a device id"),
+        (f'[device]\nid = "{"p" * 65}"\n', "is not a device id"),
+        ('[device]\nid = "-pi"\n', "starting with a letter or digit"),
+        ('[sync]\nenabled = true\nhost = " "\n', "[sync] host: empty while [sync] enabled is true"),
+        ('[sync]\nenabled = true\ntls = true\nca_file = "/nonexistent/ca.crt"\n',
+         "[sync] ca_file: /nonexistent/ca.crt is not a readable file (tls is on)"),
     ],
 )
 def test_an_invalid_value_names_the_file_key_and_reason(tmp_path, text, expected):
@@ -55,3 +62,40 @@ def test_run_refuses_to_start_on_an_invalid_config(device_home, shared_data):
     assert result.returncode != 0
     assert f"{device_home.config_file}: [audio] queue_windows: 0 is below the minimum 1" in result.stderr
     assert not device_home.database.exists()  # refused before anything was written
+
+
+def test_the_device_id_rule_is_the_wire_contracts(tmp_path):
+    """Every id config.toml accepts, the detection payload accepts, and every one it refuses, the
+    payload refuses too: one rule (device.contracts.checks), not two that drift."""
+    from device.contracts.checks import check_device_id
+
+    for candidate in ("guide-pi-01", "pi.h02:mic_2", "A", "x" * 64, "guide pi 01", "pi/02", "", "x" * 65, "_pi", "pi\u00e9"):
+        try:
+            check_device_id(candidate, "id")
+            wire_ok = True
+        except ValueError:
+            wire_ok = False
+        path = write(tmp_path, f"[device]\nid = {candidate!r}\n".replace("'", '"'))
+        try:
+            load_settings(path)
+            config_ok = True
+        except ConfigError:
+            config_ok = False
+        assert config_ok == wire_ok, candidate
+
+
+@pytest.mark.parametrize("where", ["file", "flag"])
+def test_run_refuses_a_device_id_the_wire_refuses_before_analysing_anything(device_home, shared_data, where):
+    flags = []
+    if where == "file":
+        device_home.config_file.write_text('[device]\nid = "guide pi 01"\n')
+        expected = f"{device_home.config_file}: [device] id: 'guide pi 01' is not a device id"
+    else:
+        flags = ["--device-id", "guide pi 01"]
+        expected = "flags: [device] id: 'guide pi 01' is not a device id"
+    result = run_explorer("run", "--source", str(shared_data / "audio/birds/tico.wav"), "--headless", *flags,
+                          home=device_home)
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "windows" not in result.stdout  # refused at start, not reported at the end
+    assert not device_home.database.exists()

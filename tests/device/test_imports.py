@@ -1,52 +1,91 @@
-"""The Pi installs only the device extra: device/ must never import a trainer-side stack."""
+"""The layering docs/ARCHITECTURE.md states ("Who may import whom"), checked on the source.
+
+The Pi installs only the device extra, so device/ must never import a trainer-side stack; and
+within the repository every arrow points down: device/ is the bottom layer, its contracts sit
+below its runtime, and the two top floors (the CLI and the screen) are reached by nothing below
+them. Each check lists its offenders as {file: [imported names]}.
+"""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
+import tomllib
 
 import pytest
 
-DEVICE = Path(__file__).resolve().parents[2] / "device"
+from tests.import_scan import REPO, imported_names, offenders, python_files, under, unused_allowances
+
 HEAVY = ("torch", "torchvision", "timm", "mlflow", "librosa", "tensorflow", "onnx")
 # `onnx` (the graph library) is the exporter's; the device needs only onnxruntime.
 
+TOP_FLOORS = ("device.cli", "device.tui")
 
-def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
+CLI_STARTS_THE_SCREEN = {
+    ("device/cli/run_cmd.py", "device.tui.run"): (
+        "`explorer run` on a terminal hands the run to the screen (device.tui.run.run_tui), "
+        "imported inside the command only when the screen is wanted"
+    ),
+}
 
 
-def test_no_device_module_imports_a_heavy_stack():
-    offenders = {
-        str(path.relative_to(DEVICE.parent)): sorted(imported_modules(path) & set(HEAVY))
-        for path in DEVICE.rglob("*.py")
+# (folder, names it must never import, the allowed edges) per arrow of "Who may import whom".
+ARROWS = {
+    "device imports no heavy stack": ("device", HEAVY, {}),
+    # No exemption needed: device/cli/main.py names exporter.cli in a string, loaded only by `explorer export`.
+    "device imports no other package": ("device", ("trainer", "exporter", "sync_server"), {}),
+    "store imports neither sync nor a top floor": ("device/store", ("device.sync", *TOP_FLOORS), {}),
+    "sync imports no top floor": ("device/sync", TOP_FLOORS, {}),
+    "screen never imports the cli": ("device/tui", ("device.cli",), {}),
+    "cli reaches the screen only to start it": ("device/cli", ("device.tui",), CLI_STARTS_THE_SCREEN),
+    "exporter imports no device top floor": ("exporter", TOP_FLOORS, {}),
+    "trainer imports no device top floor": ("trainer", TOP_FLOORS, {}),
+}
+
+
+@pytest.mark.parametrize("arrow", list(ARROWS))
+def test_imports_point_down(arrow):
+    folder, forbidden, allowed = ARROWS[arrow]
+    found = offenders(folder, forbidden, allowed)
+    assert found == {}, f"{arrow}; offenders: {found}"
+
+
+def test_the_scan_sees_relative_and_lazy_imports(tmp_path):
+    module = tmp_path / "device" / "store" / "probe.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(
+        "import json\nfrom .outbox import enqueue\n\n\ndef later():\n    from .. import sync\n    from ..tui.app import ExplorerApp\n"
+    )
+    assert imported_names(module, tmp_path) == {
+        "json", "device.store.outbox.enqueue", "device.sync", "device.tui.app.ExplorerApp",
     }
-    assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_device_never_imports_the_other_packages():
-    upward = {
-        str(path.relative_to(DEVICE.parent)): sorted(imported_modules(path) & {"trainer", "exporter", "sync_server"})
-        for path in DEVICE.rglob("*.py")
-        if path.name != "main.py"  # the CLI maps `export` to exporter.cli by name, imported only when invoked
-    }
-    assert {k: v for k, v in upward.items() if v} == {}
+def test_every_allowed_edge_is_still_used():
+    assert unused_allowances(CLI_STARTS_THE_SCREEN) == []
+
+
+def test_the_contracts_import_only_the_domain_and_the_standard_library():
+    foreign = {}
+    for path in python_files("device/contracts"):
+        bad = sorted(
+            name for name in imported_names(REPO / path)
+            if not under(name, ("device.domain", "device.contracts"))
+            and name.split(".")[0] not in sys.stdlib_module_names
+        )
+        if bad:
+            foreign[str(path)] = bad
+    assert foreign == {}, f"imports beyond the domain and the standard library: {foreign}"
+
+
+@pytest.mark.parametrize("package", ["exporter", "trainer"])
+def test_the_model_side_never_imports_the_device_top_floors(package):
+    found = offenders(package, TOP_FLOORS)
+    assert found == {}, f"imports against the layering: {found}"
 
 
 def test_importing_every_device_module_loads_no_heavy_stack():
-    modules = sorted(
-        ".".join(path.relative_to(DEVICE.parent).with_suffix("").parts).removesuffix(".__init__")
-        for path in DEVICE.rglob("*.py")
-    )
+    modules = [".".join(path.with_suffix("").parts).removesuffix(".__init__") for path in python_files("device")]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -57,23 +96,36 @@ def test_importing_every_device_module_loads_no_heavy_stack():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", [["tour", "list"], ["bundle", "path"]])
-def test_light_commands_do_not_load_onnxruntime(command, tmp_path):
+def run_light_command(args: list[str]) -> subprocess.CompletedProcess:
+    """Run `explorer ARGS` as the console script does; report on stderr, after the command has
+    exited, whether onnxruntime was ever imported."""
     code = (
-        "import sys\n"
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('onnxruntime loaded:', 'onnxruntime' in sys.modules, file=sys.stderr))\n"
         "from device.cli.main import cli\n"
-        f"try:\n    cli.main({['--home', str(tmp_path), *command]!r}, standalone_mode=False)\n"
-        "except Exception:\n    pass\n"
-        "print('onnxruntime' in sys.modules)\n"
+        f"cli({args!r}, prog_name='explorer')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_tour_list_runs_without_onnxruntime(tmp_path):
+    result = run_light_command(["--home", str(tmp_path / "home"), "tour", "list"])
+    assert result.returncode == 0, result.stderr
+    assert "No tours yet" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "onnxruntime loaded: False", result.stderr
+
+
+@pytest.mark.parametrize("command", [["bundle", "path"], ["bundle", "list"]])
+def test_bundle_lookups_run_without_onnxruntime(command, device_home):
+    result = run_light_command(["--home", str(device_home.root), *command])
+    assert result.returncode == 0, result.stderr
+    active = device_home.active_bundle()
+    assert active is not None and active.name in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "onnxruntime loaded: False", result.stderr
 
 
 def test_the_device_extra_installs_no_heavy_stack():
-    import tomllib
-
-    project = tomllib.loads((DEVICE.parent / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["device"]
     names = {r.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower() for r in requirements}
     assert not names & {"torch", "torchvision", "timm", "mlflow", "librosa", "tensorflow", "onnx", "tflite"}

@@ -7,7 +7,7 @@ import json
 import paho.mqtt.client as mqtt
 import pytest
 
-from device.sync.payload import parse_payload
+from device.contracts.detection import parse_payload
 from device.sync.publisher import drain_once
 from sync_server.database import ServerStore
 from sync_server.ingest import BrokerSettings, Ingestor

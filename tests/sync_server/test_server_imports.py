@@ -1,25 +1,22 @@
-"""The server speaks the device's contracts (payload, domain) and never imports its runtime."""
+"""The server speaks the device's contracts and runs its engine, never its runtime or top floors."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from tests.import_scan import REPO, imported_names, python_files, under
 
-SERVER = Path(__file__).resolve().parents[2] / "sync_server"
-CONTRACTS = {"device.sync.payload", "device.domain"}
+CONTRACTS = {"device.contracts", "device.domain", "device.bundle", "device.engine"}
+"""What sync_server/ may import from device/ (docs/ARCHITECTURE.md, "Who may import whom"): the
+wire payloads, the domain objects, the bundle format, and the engine (for /analyze: the same
+code the Pi runs)."""
 
 
-def device_imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names if alias.name.split(".")[0] == "device")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "device":
-            names.add(node.module)
-    return names
+def device_imports(path) -> set[str]:
+    return {name for name in imported_names(REPO / path) if under(name, ["device"])}
 
 
 def test_sync_server_imports_only_the_device_contracts():
-    used = {str(path.relative_to(SERVER.parent)): sorted(device_imports(path) - CONTRACTS) for path in SERVER.rglob("*.py")}
-    assert {k: v for k, v in used.items() if v} == {}
-    assert any(device_imports(path) for path in SERVER.rglob("*.py"))  # it does use the payload contract
+    used = {str(path): sorted(name for name in device_imports(path) if not under(name, CONTRACTS))
+            for path in python_files("sync_server")}
+    found = {k: v for k, v in used.items() if v}
+    assert found == {}, f"sync_server imports device/ beyond {sorted(CONTRACTS)}: {found}"
+    assert any(device_imports(path) for path in python_files("sync_server"))  # it does use the payload contract

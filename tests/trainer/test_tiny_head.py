@@ -55,6 +55,25 @@ def test_the_committed_artefact_is_what_training_rebuilds(head):
     np.testing.assert_allclose(committed.thresholds, head.thresholds, atol=1e-2)
 
 
+def test_the_committed_metrics_are_what_training_measures_again(head):
+    """The artefact's metrics (exporter/artefacts/README.md quotes them) recomputed by this run.
+
+    Measured here: every per-label AP and ROC AUC equal to 1e-16. The bars allow for another
+    machine's fit (weights within the 1e-3 above): one swapped positive/negative pair among the
+    138 held-out windows moves a label's AUC by 1/(positives x negatives) >= 3e-4 and its AP by up
+    to a few hundredths, and the macro means by a fifteenth of that; one of the ~105 held-out
+    negative windows is 0.0095 of the false-detection rate.
+    """
+    committed = TinyHead.load(ARTEFACT)
+    for part in ("held_out", "train"):
+        ours, stored = head.metrics[part], committed.metrics[part]
+        assert (ours["windows"], ours["positive_windows"]) == (stored["windows"], stored["positive_windows"])
+        assert ours["top1_accuracy"] == stored["top1_accuracy"]
+        assert abs(ours["macro_roc_auc"] - stored["macro_roc_auc"]) <= 1e-3, part
+        assert abs(ours["macro_ap"] - stored["macro_ap"]) <= 1e-2, part
+        assert abs(ours["negative_windows_with_any_detection"] - stored["negative_windows_with_any_detection"]) <= 0.01
+
+
 def test_save_is_deterministic_and_round_trips(head, tmp_path):
     first, second = head.save(tmp_path / "a.npz"), head.save(tmp_path / "b.npz")
     assert first.read_bytes() == second.read_bytes()

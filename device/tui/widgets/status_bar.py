@@ -1,7 +1,8 @@
 """The status line: microphone, bundle, real-time factor and drops, sync, disk, battery.
 
 Each fact is a short labelled item ("RTF 0.01", "dropped 0"), never a coloured dot alone,
-packed into as many lines as the width needs (two on an 80-column terminal).
+packed into as many lines as the width needs (two on an 80-column terminal). Windows the
+bundle could not score (NaN or a failed branch) get an item only when there are any.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def status_items(status: DeviceStatus, tz: tzinfo | None) -> list[tuple[str, str
         (f"RTF {status.rtf:.3f}", warn if status.rtf >= 1.0 else ""),
         (f"dropped {status.windows_dropped}", warn if status.windows_dropped else ""),
     ]
+    if status.windows_unscored or status.branch_failures:  # rare: only then does the line grow
+        failures = f" ({status.branch_failures} branch failures)" if status.branch_failures else ""
+        items.append((f"⚠ {status.windows_unscored} windows not scored{failures}", warn))
     if status.pending_sync is None:
         items.append(("sync: unknown", warn))
     else:

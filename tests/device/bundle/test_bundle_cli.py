@@ -122,6 +122,7 @@ def test_without_an_active_bundle_every_command_says_so(home):
     for command in (["verify"], ["info"], ["path"]):
         result = run(home.root, "bundle", *command)
         assert result.exit_code != 0 and "no active bundle" in result.output
+        assert "explorer export default-bundle" in result.output
 
 
 def test_info_on_a_bundle_that_does_not_verify_describes_it_and_fails(home, bundle_copy, tmp_path):

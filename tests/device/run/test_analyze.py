@@ -69,3 +69,18 @@ def test_no_active_bundle_is_a_clear_error(tmp_path, shared_data):
     result = run_explorer("analyze", str(shared_data / FROG), "--out", str(tmp_path / "x.csv"), home=tmp_path / "empty")
     assert result.returncode != 0
     assert "no active bundle" in result.stderr
+    assert_points_at_the_default_model(result.stderr)
+
+
+def assert_points_at_the_default_model(message: str) -> None:
+    """A fresh data directory is pointed at the product's model first, the demo one last."""
+    assert "explorer export default-bundle" in message, message
+    demo = message.find("explorer export demo-bundle")
+    assert demo == -1 or demo > message.find("explorer export default-bundle"), message
+
+
+def test_run_on_a_fresh_home_points_at_the_default_model(tmp_path, shared_data):
+    result = run_explorer("run", "--source", str(shared_data / FROG), "--headless", home=tmp_path / "fresh")
+    assert result.returncode == 1
+    assert "no active bundle" in result.stderr
+    assert_points_at_the_default_model(result.stderr)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from device.contracts.detection import parse_payload
 from device.store import Store, StoreError
-from device.sync.payload import parse_payload
 
 REPO = Path(__file__).resolve().parents[3]
 

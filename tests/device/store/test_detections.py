@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from device.contracts.detection import parse_payload
 from device.store import NotFoundError, StoreError, detection_to_row, row_to_detection
-from device.sync.payload import parse_payload
 
 
 def _same(a, b):

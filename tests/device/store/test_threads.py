@@ -94,3 +94,31 @@ def test_nested_store_transactions_are_refused(store):
         with pytest.raises(StoreError, match="already open"):
             with transaction(store.db):
                 pass
+
+
+def _open_at_once(path, barrier, results) -> None:
+    barrier.wait()
+    try:
+        Store.open(path).close()
+        results.put("ok")
+    except StoreError as exc:
+        results.put(str(exc))
+
+
+def test_several_processes_opening_a_brand_new_file_at_once_all_succeed(tmp_path):
+    """A watch-folder run and its sync worker open a fresh explorer.db together: switching a new
+    file to WAL used to fail at once with "database is locked" for the loser (seen in CI)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(12):
+        path = tmp_path / f"fresh-{trial}.db"
+        barrier, results = context.Barrier(4), context.Queue()
+        openers = [context.Process(target=_open_at_once, args=(path, barrier, results)) for _ in range(4)]
+        for process in openers:
+            process.start()
+        for process in openers:
+            process.join(60)
+        assert [results.get(timeout=10) for _ in openers] == ["ok"] * 4, f"trial {trial}"
+        with Store.open(path) as store:
+            assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import shutil
+
+import pytest
 
 from device.store import Store
 
@@ -50,7 +53,25 @@ def test_relative_and_absolute_paths_are_the_same_file(store, tmp_path, monkeypa
 
 
 def test_an_unknown_status_is_refused(store, tmp_path):
-    import pytest
-
     with pytest.raises(ValueError, match="'queued' is not one of"):
         store.mark_watched_file(tmp_path / "x.wav", 1, 1.0, "queued")
+
+
+def test_a_files_detections_messages_and_done_mark_commit_together_or_not_at_all(store, tmp_path, make_detection):
+    path, csv_path = tmp_path / "in" / "chorus.wav", tmp_path / "out" / "chorus.csv"
+    store.mark_watched_file(path, 1000, 1.0, "processing")
+    good = [make_detection(at_s=0.0), make_detection("21211", at_s=10.0)]
+    bad = make_detection(at_s=20.0, confidence=math.nan)
+    with pytest.raises(ValueError, match="confidence is nan"):  # the third fails: none of it is kept
+        store.save_watched_file_results(path, 1000, 1.0, [*good, bad], csv_path)
+    assert store.db.execute("SELECT count(*) FROM detection").fetchone() == (0,)
+    assert store.db.execute("SELECT count(*) FROM outbox_message").fetchone() == (0,)
+    assert store.watched_file_status(path, 1000, 1.0) == "processing"  # analysed again at the next start
+
+    message_ids = store.save_watched_file_results(path, 1000, 1.0, good, csv_path)
+    assert len(message_ids) == 2
+    rows = dict(store.db.execute("SELECT detection_id, status FROM detection").fetchall())
+    assert rows == {d.detection_id: "closed" for d in good}
+    assert {m.detection_id for m in store.pending_messages()} == set(rows)
+    record = store.watched_file(path)
+    assert record.status == "done" and record.result_csv_path == str(csv_path)

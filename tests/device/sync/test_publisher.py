@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from device.sync.payload import parse_payload
+from device.contracts.detection import parse_payload
 from device.sync.publisher import OutboxPublisher, SyncError, destination_of, drain_once
 from tests.device.sync.conftest import DEVICE, queue_detections, settings_for
 from tests.mqtt import Broker, Subscriber, free_port

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from device.sync.payload import parse_payload
+from device.contracts.detection import parse_payload
 from device.sync.worker import SyncWorker
 from tests.device.sync.conftest import DEVICE, queue_detections, settings_for
 from tests.helpers import query, run_explorer, wait_until
@@ -108,11 +108,11 @@ def test_a_worker_whose_messages_are_refused_backs_off_instead_of_looping(tmp_pa
     try:
         assert wait_until(lambda: (worker.state.last_error or "").startswith("the broker refuses our messages"), 10)
         time.sleep(1.5)  # back-off 0.2, 0.4, 0.8 s: a handful of drains, where a loop would make hundreds
-        drains = worker.state.drains
     finally:
-        worker.stop()
+        worker.stop()  # its last drain is refused too, and counted
         broker.stop()
-    assert 1 <= drains <= 5
+    drains = worker.state.drains
+    assert 2 <= drains <= 6
     failures = store.db.execute("SELECT count(*) FROM outbox_attempt WHERE result = 'FAILURE'").fetchone()[0]
     assert failures == 4 * drains and store.pending_count() == 4
 
@@ -135,3 +135,36 @@ def test_the_watch_folder_sends_each_files_detections(device_home, shared_data, 
     finally:
         subscriber.close()
     assert stored and sorted(parse_payload(body)["detection_id"] for _, body in received) == stored
+
+
+def test_the_last_drain_at_stop_connects_when_the_worker_was_waiting_out_a_back_off(tmp_path, store):
+    """The flaky watch-folder test's cause: a worker still in back-off at stop skipped its last
+    drain. Now the last drain connects first (bounded), so a broker that came back is used."""
+    ids = queue_detections(store, 5)
+    broker = Broker(tmp_path / "broker", port=free_port())  # down when the worker first tries
+    worker = SyncWorker(store.path, settings_for(broker), DEVICE, backoff_first_s=3600.0).start()
+    try:
+        assert wait_until(lambda: worker.state.last_error is not None, 10)
+        assert "cannot connect" in worker.state.last_error  # and now waiting an hour before retrying
+        broker.start()
+        subscriber = Subscriber(broker, f"explorer/{DEVICE}/detection")
+        try:
+            worker.stop()
+            received = subscriber.wait_for(5)
+        finally:
+            subscriber.close()
+    finally:
+        worker.stop()
+        broker.stop()
+    assert sorted(parse_payload(body)["detection_id"] for _, body in received) == sorted(ids)
+    assert store.pending_count() == 0 and worker.state.sent == 5
+
+
+def test_the_last_drain_at_stop_is_bounded_when_the_broker_stays_away(tmp_path, store):
+    queue_detections(store, 2)
+    broker = Broker(tmp_path / "broker", port=free_port())  # never started
+    worker = SyncWorker(store.path, settings_for(broker), DEVICE, backoff_first_s=3600.0).start()
+    assert wait_until(lambda: worker.state.last_error is not None, 10)
+    worker.stop(timeout_s=30.0)
+    assert not worker._thread.is_alive()  # it gave up on the last connect instead of hanging
+    assert store.pending_count() == 2 and "cannot connect" in worker.state.last_error

@@ -1,8 +1,9 @@
 """How the guide's screens look: named SVG snapshots of main, detail and summary.
 
 Stable by construction: the recording is real and its start time fixed by its name, the
-tour's times are pinned, the clock is fixed, and the status line's run-to-run numbers
-(RTF, free disk) are frozen. See tui_helpers.py for updating a snapshot.
+tour's times are pinned, the clock is fixed, and the real status line is built by the real
+collector from pinned inputs for its only run-to-run numbers (RTF, free disk, battery). See
+tui_helpers.py for updating a snapshot.
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ from device.audio.queue import DropOldestQueue
 
 from device.tui.screens.species import SpeciesScreen
 from device.tui.screens.summary import SummaryScreen
-from tests.device.tui.tui_helpers import TOUR_END, TOUR_START, FrozenStatus, assert_snapshot, drive, fixed_clock, pin_tour, settle
+from tests.device.tui.tui_helpers import (
+    TOUR_END, TOUR_START, assert_snapshot, drive, fixed_clock, pin_run_to_run_inputs, pin_tour, settle,
+)
 
 
 @pytest.fixture
-def trail_app(runtime_factory, trail_recording, device_home):
-    """The app after the whole trail was heard, with pinned times and a frozen status line."""
+def trail_app(runtime_factory, trail_recording, device_home, monkeypatch):
+    """The app after the whole trail was heard, with pinned times and the status line's run-to-run inputs."""
     # The whole trail is heard before the screen draws: a channel that holds every event keeps the
     # picture independent of how the inference and writer threads interleaved.
     runtime = runtime_factory(trail_recording, ui_queue=DropOldestQueue(4096, "ui"))
     assert runtime.pipeline.wait(60)
     pin_tour(device_home.database, runtime.tour.tour_id, TOUR_START, None)
     runtime.tour = runtime.store.tour(runtime.tour.tour_id)
-    runtime.feed.collector = FrozenStatus(runtime.collector, bundle=runtime.pipeline.status().bundle)
+    pin_run_to_run_inputs(runtime.collector, monkeypatch)
+    assert runtime.feed.collector is runtime.collector
     from datetime import timezone
 
     return runtime, runtime.app(clock=fixed_clock(TOUR_END), tz=timezone.utc)

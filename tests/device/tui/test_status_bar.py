@@ -70,3 +70,32 @@ def test_facts_that_round_to_the_same_words_cost_no_repaint():
     unchanged, after_drop, shown = asyncio.run(main())
     assert unchanged == 0
     assert after_drop >= 1 and "dropped 3" in shown
+
+
+def test_windows_the_bundle_could_not_score_show_only_when_there_are_any(device_home, shared_data, tmp_path):
+    """A real run with an optional branch that fails on every window: the guide sees it counted."""
+    from device.audio.files import FileSource
+    from device.bundle.verify import verify_bundle
+    from device.config import Settings
+    from device.engine.engine import Engine
+    from device.pipeline import Pipeline
+    from device.store import Store
+    from device.tui.status import StatusCollector
+    from device.tui.widgets.status_bar import status_items
+    from tests.device.engine.bundle_variants import home_variant
+
+    assert not any("not scored" in text for text, _ in status_items(QUIET, None))  # the quiet line does not grow
+    bundle = home_variant(device_home, tmp_path / "failing", "9.0.2", optional_branch="fail")
+    engine = Engine(verify_bundle(bundle, device_home.trusted_keys), threads=1)
+    source = FileSource(shared_data / "audio/birdclef_train_audio/3.ogg")  # 38.3 s
+    pipeline = Pipeline(engine, source, Settings(), device_home.database, device_home.clips, live=False).start()
+    try:
+        assert pipeline.wait(60), "the recording was not analysed within 60 s"
+    finally:
+        source.close()
+    with Store.open(device_home.database) as store:
+        status = StatusCollector(pipeline, source, store, device_home.clips, live=False).collect()
+    assert status.windows_inferred == 15  # 5 s windows every 2.5 s
+    assert status.windows_unscored == 15 and status.branch_failures == 15
+    assert ("⚠ 15 windows not scored (15 branch failures)", "warning") in status_items(status, None)
+    assert status.detections > 0  # the required branch still hears the frog

@@ -1,16 +1,19 @@
-"""Helpers for the guide's screen tests: pilot driving, snapshots, a frozen status line.
+"""Helpers for the guide's screen tests: pilot driving, snapshots, the status line's pinned inputs.
 
 Snapshots: `assert_snapshot(app, name, tmp_path)` compares the app's SVG screenshot with
 tests/device/tui/snapshots/NAME.svg. To accept a new look, read this run's screen (the
 failure names the file) first, then, with the Textual version in snapshots/TEXTUAL_VERSION
-(the one the files were made with), run `EXPLORER_UPDATE_SNAPSHOTS=1 pytest tests/device/tui`.
+(the one the files were made with, and the one pyproject.toml pins), run
+`EXPLORER_UPDATE_SNAPSHOTS=1 pytest tests/device/tui`.
 Snapshots are stable because the data is (a real recording with a fixed start time), the
-clock is pinned (`fixed_clock`) and the status line's run-to-run numbers are frozen.
+clock is pinned (`fixed_clock`), and the real status collector reads pinned values for the
+only facts that change from run to run (`pin_run_to_run_inputs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -67,25 +70,44 @@ def assert_snapshot(app, name: str, tmp_path: Path) -> None:
         pytest.fail(f"screen {name!r} differs from {expected_path}{hint}; this run's screen: {tmp_path / (name + '.svg')}")
 
 
-class FrozenStatus:
-    """A fixed status line for snapshots: RTF and free disk vary run to run; the clock is pinned too."""
+PINNED_RTF = 0.007
+"""Inference time over audio time: it follows the machine and its load, so a snapshot shows this."""
+PINNED_CLIP_DISK_FREE_BYTES = 48_300_000_000
+"""Free space under the clips folder: whatever else is on the disk decides it."""
+PINNED_BATTERY_PERCENT = None
+"""No battery (a Pi without a UPS HAT); a laptop running the tests would otherwise show its own."""
 
-    def __init__(self, collector, **overrides):
-        from device.tui.status import DeviceStatus
 
-        self.collector = collector
-        self.fixed = DeviceStatus(
-            source=str(collector.source.name), source_state="ended", live=False, bundle=overrides.pop("bundle"),
-            rtf=0.007, windows_inferred=29, windows_dropped=0, detections=10, pending_sync=10,
-            last_sync_on=None, clip_disk_free_bytes=48_300_000_000, battery_percent=None, finished=True, **overrides,
-        )
+class PinnedRtf:
+    """The pipeline as the status collector reads it: its own status, with only the RTF pinned."""
 
-    def collect(self):
-        self.collector.collect()  # still exercised, its numbers not shown
-        return self.fixed
+    def __init__(self, pipeline, rtf: float):
+        self.pipeline = pipeline
+        self.rtf = rtf
 
-    def mic_status(self):
-        return None
+    def status(self):
+        return dataclasses.replace(self.pipeline.status(), rtf=self.rtf)
+
+
+def pin_run_to_run_inputs(collector, monkeypatch) -> None:
+    """Make the real `StatusCollector` read fixed values for the facts that change from run to run.
+
+    The collector still builds every status line itself, from the real pipeline (windows,
+    detections, drops, source state), the real Store (sync backlog, last sync) and the real
+    sync worker; pinned are only its inputs that no test can hold still: the pipeline's RTF,
+    and the disk and battery readers it calls (`shutil.disk_usage`, `battery_percent`). Its own
+    clock only decides when the slow reads are repeated, which pinned values make invisible;
+    the screen's clock is pinned by `fixed_clock`.
+    """
+    from types import SimpleNamespace
+
+    from device.tui import status
+
+    collector.pipeline = PinnedRtf(collector.pipeline, PINNED_RTF)
+    usage = SimpleNamespace(total=64_000_000_000, used=64_000_000_000 - PINNED_CLIP_DISK_FREE_BYTES,
+                            free=PINNED_CLIP_DISK_FREE_BYTES)
+    monkeypatch.setattr(status, "shutil", SimpleNamespace(disk_usage=lambda path: usage))
+    monkeypatch.setattr(status, "battery_percent", lambda: PINNED_BATTERY_PERCENT)
 
 
 def pin_tour(database: Path, tour_id: str, started_on: datetime, ended_on: datetime | None) -> None:

@@ -4,13 +4,14 @@ Built from a `device.domain.Detection` by `detection_to_payload` (an explicit fi
 never the dataclass serialised wholesale), written by `payload_to_json`, and read back on
 the server by `parse_payload`, which trusts nothing: anyone on the broker can publish.
 
-The field names and types are frozen by tests/device/sync/test_payload_contract.py; read
-its header before changing anything here. Schema 1 (JSON object, every field required):
+The field names and types are frozen by tests/device/contracts/test_detection_contract.py;
+read its header before changing anything here. Schema 1 (JSON object, every field required):
 
     schema           int, 1
     detection_id     str, canonical lowercase UUID: the server upserts on it, so a resend
                      (the outbox retries until it gets a PUBACK) never duplicates a row
-    device_id        str, [A-Za-z0-9._:-], 1-64 characters
+    device_id        str, checks.DEVICE_ID_RULE: 1-64 of A-Z a-z 0-9 . _ : -, starting
+                     with a letter or digit
     tour_id          str UUID | null
     label            str, the bundle's primary_label
     scientific_name  str | null   (null when the bundle's label metadata was unknown)
@@ -31,13 +32,27 @@ its header before changing anything here. Schema 1 (JSON object, every field req
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from device.contracts.checks import (
+    CONTROL_CHARS,
+    check_bool,
+    check_device_id,
+    check_int,
+    check_object,
+    check_probability,
+    check_sha256,
+    check_text,
+    check_timestamp,
+    check_uuid,
+    decode_json,
+    encode_json,
+    between,
+    nullable,
+    check_number,
+)
 from device.domain import Detection, iso_utc, parse_iso_utc
 
 SCHEMA = 1
@@ -58,11 +73,6 @@ MAX_WINDOW_COUNT = 10_000_000
 TOPIC_TEMPLATE = "explorer/{device_id}/detection"
 """Where a device publishes its detections; the device id in the topic lets the broker's
 ACL tie a device's credentials to its own topic."""
-
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Every field, in the order documented above, with the JSON kind it must have.
 FIELDS: dict[str, str] = {
@@ -91,7 +101,7 @@ FIELDS: dict[str, str] = {
 
 def detection_topic(device_id: str) -> str:
     """The MQTT topic a device publishes its detections on."""
-    _check_device_id(device_id, "device_id")
+    check_device_id(device_id, "device_id")
     return TOPIC_TEMPLATE.format(device_id=device_id)
 
 
@@ -113,7 +123,7 @@ def _wire_source(source: str) -> str:
     """The source as the wire carries it: control characters (a tab in a file name) become
     '?', and an over-long path keeps its end (the file name), so no detection is ever
     unsendable because of where its audio came from."""
-    source = _CONTROL.sub("?", source)
+    source = CONTROL_CHARS.sub("?", source)
     if len(source) > MAX_SOURCE_CHARS:
         source = "..." + source[-(MAX_SOURCE_CHARS - 3) :]
     return source
@@ -160,20 +170,7 @@ def detection_to_payload(det: Detection, labels_meta: Mapping[str, Any] | None =
 
 def payload_to_json(payload: Mapping[str, Any]) -> str:
     """Compact, key-sorted JSON; refuses NaN/Infinity (not JSON, and not meaningful)."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"payload: {name} is not a number JSON allows")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"payload: key {key!r} appears twice")
-        result[key] = value
-    return result
+    return encode_json(payload)
 
 
 def parse_payload(data: bytes | str) -> dict[str, Any]:
@@ -183,41 +180,12 @@ def parse_payload(data: bytes | str) -> dict[str, Any]:
         ValueError: naming the first problem: oversize, not UTF-8, not JSON, NaN, a
             duplicate or unknown key, a missing field, a wrong type, an out-of-range value.
     """
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"payload: expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > MAX_PAYLOAD_BYTES:
-        raise ValueError(f"payload: {len(data)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"payload: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    try:
-        raw = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"payload: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
-    except RecursionError:
-        raise ValueError("payload: nested too deeply") from None
-    return validate_payload(raw)
+    return validate_payload(decode_json(data, "payload", MAX_PAYLOAD_BYTES))
 
 
 def validate_payload(raw: Any) -> dict[str, Any]:
     """Check a decoded payload field by field; return a normalised copy (floats as float)."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"payload: expected a JSON object, got {type(raw).__name__}")
-    if "schema" not in raw:
-        raise ValueError("payload.schema: missing")
-    if type(raw["schema"]) is not int or raw["schema"] != SCHEMA:
-        raise ValueError(f"payload.schema: {raw['schema']!r} is not a schema this version reads ({SCHEMA})")
-    unknown = sorted(set(raw) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"payload: unknown field(s) {unknown[:5]}")
-    missing = [name for name in FIELDS if name not in raw]
-    if missing:
-        raise ValueError(f"payload.{missing[0]}: missing")
-    checked = {name: _CHECKS[kind](raw[name], f"payload.{name}") for name, kind in FIELDS.items()}
+    checked = check_object(raw, "payload", SCHEMA, {name: _CHECKS[kind] for name, kind in FIELDS.items()})
     if parse_iso_utc(checked["ended_on"]) < parse_iso_utc(checked["started_on"]):
         raise ValueError(f"payload.ended_on: {checked['ended_on']} is before started_on {checked['started_on']}")
     if checked["end_s"] < checked["start_s"]:
@@ -225,109 +193,18 @@ def validate_payload(raw: Any) -> dict[str, Any]:
     return checked
 
 
-def _check_int(value: Any, where: str) -> int:
-    if type(value) is not int:
-        raise ValueError(f"{where}: expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _check_count(value: Any, where: str) -> int:
-    value = _check_int(value, where)
-    if not 1 <= value <= MAX_WINDOW_COUNT:
-        raise ValueError(f"{where}: {value} is outside [1, {MAX_WINDOW_COUNT}]")
-    return value
-
-
-def _check_bool(value: Any, where: str) -> bool:
-    if type(value) is not bool:
-        raise ValueError(f"{where}: expected true or false, got {type(value).__name__}")
-    return value
-
-
-def _check_number(value: Any, where: str) -> float:
-    if type(value) not in (int, float):
-        raise ValueError(f"{where}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: {value} is not a finite number")
-    return value
-
-
-def _check_probability(value: Any, where: str) -> float:
-    value = _check_number(value, where)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{where}: {value} is outside [0, 1]")
-    return value
-
-
-def _check_offset(value: Any, where: str) -> float:
-    value = _check_number(value, where)
-    if not 0.0 <= value <= MAX_OFFSET_S:
-        raise ValueError(f"{where}: {value} s is outside [0, {MAX_OFFSET_S:.0f}]")
-    return value
-
-
-def _check_text(value: Any, where: str, limit: int) -> str:
-    if type(value) is not str:
-        raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{where}: empty")
-    if len(value) > limit:
-        raise ValueError(f"{where}: {len(value)} characters is over the {limit}-character limit")
-    if _CONTROL.search(value):
-        raise ValueError(f"{where}: holds control characters")
-    return value
+_check_count = between(check_int, 1, MAX_WINDOW_COUNT)
+_check_offset = between(check_number, 0.0, MAX_OFFSET_S, " s")
 
 
 def _check_name(value: Any, where: str) -> str:
-    return _check_text(value, where, MAX_NAME_CHARS)
+    return check_text(value, where, MAX_NAME_CHARS)
 
 
 def _check_source(value: Any, where: str) -> str:
     if value == "":
         return value  # unknown source: allowed, a detection is still worth keeping
-    return _check_text(value, where, MAX_SOURCE_CHARS)
-
-
-def _nullable(check):
-    def nullable(value: Any, where: str):
-        return None if value is None else check(value, where)
-
-    return nullable
-
-
-def _check_uuid(value: Any, where: str) -> str:
-    if type(value) is not str:
-        raise ValueError(f"{where}: expected a UUID string, got {type(value).__name__}")
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise ValueError(f"{where}: {value[:40]!r} is not a UUID") from None
-    if str(parsed) != value:
-        raise ValueError(f"{where}: {value[:40]!r} is not a canonical lowercase hyphenated UUID")
-    return value
-
-
-def _check_device_id(value: Any, where: str) -> str:
-    if type(value) is not str or not _DEVICE_ID.match(value):
-        raise ValueError(f"{where}: {str(value)[:40]!r} is not a device id (1-64 of A-Z a-z 0-9 . _ : -)")
-    return value
-
-
-def _check_sha256(value: Any, where: str) -> str:
-    if type(value) is not str or not _SHA256.match(value):
-        raise ValueError(f"{where}: {str(value)[:70]!r} is not 64 lowercase hex digits")
-    return value
-
-
-def _check_timestamp(value: Any, where: str) -> str:
-    if type(value) is not str or not _ISO_UTC.match(value):
-        raise ValueError(f"{where}: {str(value)[:40]!r} is not ISO-8601 UTC text ending in Z")
-    try:
-        parse_iso_utc(value)
-    except ValueError:
-        raise ValueError(f"{where}: {value!r} is not a real date and time") from None
-    return value
+    return check_text(value, where, MAX_SOURCE_CHARS)
 
 
 def _check_branch_scores(value: Any, where: str) -> dict[str, float | None]:
@@ -336,24 +213,24 @@ def _check_branch_scores(value: Any, where: str) -> dict[str, float | None]:
     if len(value) > MAX_BRANCHES:
         raise ValueError(f"{where}: {len(value)} branches is over the limit of {MAX_BRANCHES}")
     return {
-        _check_name(name, f"{where} key"): None if score is None else _check_probability(score, f"{where}.{name}")
+        _check_name(name, f"{where} key"): None if score is None else check_probability(score, f"{where}.{name}")
         for name, score in value.items()
     }
 
 
 _CHECKS = {
-    "int": _check_int,
-    "uuid": _check_uuid,
-    "uuid|null": _nullable(_check_uuid),
-    "device_id": _check_device_id,
+    "int": check_int,
+    "uuid": check_uuid,
+    "uuid|null": nullable(check_uuid),
+    "device_id": check_device_id,
     "name": _check_name,
-    "name|null": _nullable(_check_name),
-    "timestamp": _check_timestamp,
+    "name|null": nullable(_check_name),
+    "timestamp": check_timestamp,
     "offset": _check_offset,
-    "probability": _check_probability,
+    "probability": check_probability,
     "branch_scores": _check_branch_scores,
-    "sha256": _check_sha256,
+    "sha256": check_sha256,
     "source": _check_source,
     "count": _check_count,
-    "bool": _check_bool,
+    "bool": check_bool,
 }

@@ -1,4 +1,4 @@
-# CONTRACT TEST: the MQTT detection payload (device/sync/payload.py), schema 1.
+# CONTRACT TEST: the MQTT detection payload (device/contracts/detection.py), schema 1.
 #
 # Every field name, its JSON type and the exact encoding of a known detection are frozen
 # here. Devices in the field and the sync server both speak this format, and a device may
@@ -6,10 +6,10 @@
 #
 # To change the payload:
 #   1. Get approval from the sync-server owner and the lead before editing this file.
-#   2. Adding or changing a field means a new schema number (payload.SCHEMA + 1): the server
+#   2. Adding or changing a field means a new schema number (detection.SCHEMA + 1): the server
 #      must accept both the old and new schema until every device is upgraded, and its
 #      ingest needs a migration for the new column(s).
-#   3. Update FROZEN_FIELDS, GOLDEN_JSON and payload.py's docstring together, and write a
+#   3. Update FROZEN_FIELDS, GOLDEN_JSON and detection.py's docstring together, and write a
 #      release note naming the field, its type and the schema number.
 # Never "fix" this test by copying the new output over the golden string.
 
@@ -22,9 +22,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from device.bundle.manifest import Label
+from device.contracts import detection as wire
+from device.contracts.detection import detection_to_payload, detection_topic, parse_payload, payload_to_json
 from device.domain import Detection
-from device.sync import payload as wire
-from device.sync.payload import detection_to_payload, detection_topic, parse_payload, payload_to_json
 
 FROZEN_FIELDS = {
     "schema": int,

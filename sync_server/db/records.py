@@ -1,0 +1,87 @@
+"""What goes into the aggregate database and what comes out, and the rows built from it.
+
+Rows are built by explicit functions from checked payloads (never a payload stored wholesale),
+so a field added to the wire contract reaches the database only when a column is made for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from device.contracts.detection import detection_topic, payload_to_json
+from sync_server.db.schema import DETECTION_COLUMNS
+
+REJECTED_HEAD_BYTES = 512
+"""Bytes of a refused payload kept for diagnosis: enough to read, too few to abuse."""
+MAX_TOPIC_CHARS = 512
+MAX_REASON_CHARS = 2_000
+"""Topic and reason lengths kept: a hostile topic or a long validation message cannot grow a
+row without bound."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A message the ingest refused, to be kept with its reason."""
+
+    topic: str
+    reason: str
+    payload: bytes
+    """The message as received; only its first REJECTED_HEAD_BYTES are kept."""
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A refused message as stored."""
+
+    rejected_id: int
+    received_on: str
+    topic: str
+    reason: str
+    size_bytes: int
+    """The whole message's size, though only its head is kept."""
+    payload_head: str
+    """The head as text: invalid UTF-8 kept as backslash escapes."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the aggregate database holds."""
+
+    detections: int
+    devices: int
+    """Devices with at least one stored detection."""
+    rejected: int
+
+
+def detection_row(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload columns of a detection row, from a payload `parse_payload` has checked.
+
+    Raises:
+        KeyError: a field is missing (the payload was not checked).
+    """
+    row = {name: payload[name] for name in DETECTION_COLUMNS}
+    # The same encoding the first server used, so an old row and its resend compare equal.
+    row["branch_scores"] = json.dumps(payload["branch_scores"], sort_keys=True, allow_nan=False)
+    row["secondary"] = int(bool(payload["secondary"]))
+    return row
+
+
+def rejected_row(rejected: Rejected, received_on: str) -> dict[str, Any]:
+    """The rejected_message row for a refused message (its id is the database's)."""
+    return {
+        "received_on": received_on,
+        "topic": rejected.topic[:MAX_TOPIC_CHARS],
+        "reason": rejected.reason[:MAX_REASON_CHARS],
+        "size_bytes": len(rejected.payload),
+        "payload_head": bytes(rejected.payload[:REJECTED_HEAD_BYTES]).decode("utf-8", errors="backslashreplace"),
+    }
+
+
+def foreign_rejection(payload: Mapping[str, Any], owner: str) -> Rejected:
+    """The record of a device claiming a detection id another device's detection holds."""
+    sender = payload["device_id"]
+    reason = f"detection {payload['detection_id']} belongs to device {owner!r}, not {sender!r}"
+    return Rejected(detection_topic(sender), reason, payload_to_json(payload).encode("utf-8"))
