@@ -1,10 +1,11 @@
-"""`explorer-server`: the cloud side's commands (ingest today; the API and exports come later)."""
+"""`explorer-server`: the cloud side's commands (ingest and status today; the API and exports come later)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 
 import click
 
@@ -17,6 +18,10 @@ def cli() -> None:
 
         explorer-server ingest --db /var/lib/explorer/aggregate.db --host localhost --ca-file ca.crt
     """
+
+
+REPORT_EVERY_S = 60.0
+"""How often a running ingest logs what the database holds."""
 
 
 def db_option(command):
@@ -47,37 +52,80 @@ def open_store(db_target: str, must_exist: bool = False):
 @click.option("--ca-file", default="", help="The CA that signed the broker's certificate (default: the system's).")
 @click.option("--client-id", default="explorer-ingest", show_default=True,
               help="The persistent session's id: keep it stable, the broker queues for it while we are down.")
-def ingest(db_target, host, port, username, password, tls, ca_file, client_id) -> None:
-    """Take every device's detections from the broker into the aggregate database, until SIGTERM.
+@click.option("--share-group", default=None, metavar="NAME",
+              help="Run as one of several workers sharing the load ($share/NAME/...): each with its own --client-id.")
+@click.option("--retry-max-s", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Longest wait between tries of a failing database (messages stay unacknowledged meanwhile).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics (Prometheus) and /health on this port (0: any free one; default: off).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Where /metrics listens.")
+def ingest(db_target, host, port, username, password, tls, ca_file, client_id, share_group, retry_max_s,
+           metrics_port, metrics_host) -> None:
+    """Take every device's detections, verdicts and statuses from the broker into the aggregate
+    database, and send each device a receipt for what was committed; until SIGTERM.
+
+    A database error or a lost broker is retried with back-off (nothing is acknowledged until
+    it is committed); a refused login or a TLS failure exits 1 naming the cause.
 
     Example:
 
         explorer-server ingest --db aggregate.db --host sync.example.org --ca-file /etc/explorer/ca.crt
     """
-    from sync_server.ingest import BrokerSettings, Ingestor
+    from sync_server.db import ServerStoreError
+    from sync_server.ingest import BrokerSettings, IngestError, Ingestor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = open_store(db_target)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    settings = BrokerSettings(host=host, port=port, username=username, password=password, tls=tls, ca_file=ca_file)
+    settings = BrokerSettings(host=host, port=port, username=username, password=password, tls=tls, ca_file=ca_file,
+                              client_id=client_id, share_group=share_group)
     try:
-        runner = Ingestor(store, settings, client_id=client_id).start()
-    except OSError as exc:
+        runner = Ingestor(store, settings, retry_first_s=min(0.5, retry_max_s), retry_max_s=retry_max_s).start()
+    except IngestError as exc:
         store.close()
-        raise click.ClickException(f"MQTT broker {host}:{port}: cannot connect: {exc.strerror or exc}") from None
-    click.echo(f"ingesting from {host}:{port} into {store.label}", err=True)
+        raise click.ClickException(str(exc)) from None
+    web = None
+    if metrics_port is not None:
+        from sync_server.metrics import MetricsServer
+
+        runner.metrics.watch_database(store)
+        try:
+            web = MetricsServer(runner.metrics, runner.health, metrics_host, metrics_port).start()
+        except OSError as exc:
+            runner.stop()
+            store.close()
+            raise click.ClickException(f"cannot serve /metrics on {metrics_host}:{metrics_port}: {exc.strerror}") from None
+        click.echo(f"metrics at http://{metrics_host}:{web.port}/metrics, health at /health", err=True)
+    click.echo(f"ingesting from {host}:{port} into {store.label} as {client_id}"
+               + (f" (shared group {share_group})" if share_group else ""), err=True)
+    fatal = None
     try:
-        while not stop.wait(60):
-            counts = store.counts()
-            logging.info("ingest: %d detections from %d devices, %d refused", counts.detections, counts.devices,
-                         counts.rejected)
+        next_report = time.monotonic() + REPORT_EVERY_S
+        while not stop.wait(0.5):
+            fatal = runner.wait(0)
+            if fatal:
+                break
+            if time.monotonic() >= next_report:
+                next_report += REPORT_EVERY_S
+                try:
+                    counts = store.counts()
+                except ServerStoreError as exc:  # the committer retries; this line only reports
+                    logging.warning("ingest: %s", exc)
+                    continue
+                logging.info("ingest: %d detections from %d devices, %d refused", counts.detections,
+                             counts.devices, counts.rejected)
     finally:
+        if web is not None:
+            web.stop()
         runner.stop()
         stats = runner.stats
         store.close()
-        click.echo(f"stopped: {stats.stored} stored, {stats.unchanged} resends, {stats.rejected} refused", err=True)
+        click.echo(f"stopped: {stats.stored} stored, {stats.unchanged} resends, {stats.rejected_total} refused, "
+                   f"{stats.receipts_sent} receipts sent", err=True)
+    if fatal:
+        raise click.ClickException(fatal)
 
 
 @cli.command()
@@ -96,12 +144,34 @@ def status(db_target) -> None:
     try:
         counts = store.counts()
         click.echo(f"{counts.detections} detections from {counts.devices} devices; {counts.rejected} messages refused")
+        newest, statuses = store.newest_detection_by_device(), store.statuses()
+        for device_id in sorted(set(newest) | set(statuses)):
+            click.echo("  " + device_line(device_id, newest.get(device_id), statuses.get(device_id)))
         for refused in store.recent_rejections(5):
             click.echo(f"  refused {refused.received_on} on {refused.topic}: {refused.reason}")
     except ServerStoreError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         store.close()
+
+
+def device_line(device_id: str, newest, status) -> str:
+    """One device as `status` lists it: online or not, lag, outbox, bundle."""
+    from device.domain import utc_now
+
+    words = [f"device {device_id}:"]
+    if status is not None:
+        report, received = status
+        words.append(f"{'online' if report.online else 'offline'} (status of {received:%Y-%m-%d %H:%M:%S} UTC)")
+        if report.outbox_pending is not None:
+            words.append(f"outbox {report.outbox_pending} pending, {report.outbox_unconfirmed} unconfirmed")
+        if report.bundle_name:
+            words.append(f"bundle {report.bundle_name} {report.bundle_version}")
+    else:
+        words.append("no status yet")
+    if newest is not None:
+        words.append(f"lag {(utc_now() - newest).total_seconds():.0f} s (newest detection {newest:%Y-%m-%d %H:%M:%S} UTC)")
+    return ", ".join(words[:1]) + " " + ", ".join(words[1:])
 
 
 if __name__ == "__main__":

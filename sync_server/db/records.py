@@ -11,8 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from device.contracts.detection import detection_topic, payload_to_json
-from sync_server.db.schema import DETECTION_COLUMNS
+from device.contracts.checks import encode_json
+from device.contracts.status import status_to_payload
+from device.contracts.topics import topic
+from device.domain import Status
+from sync_server.db.schema import DETECTION_COLUMNS, FEEDBACK_COLUMNS
 
 REJECTED_HEAD_BYTES = 512
 """Bytes of a refused payload kept for diagnosis: enough to read, too few to abuse."""
@@ -47,6 +50,15 @@ class RejectedRecord:
 
 
 @dataclass(frozen=True)
+class IngestResult:
+    """What one committed batch did: an outcome per detection and per verdict, in order
+    ('inserted', 'updated', 'unchanged' or 'foreign'; see sync_server/db/upsert.py)."""
+
+    detections: list[str]
+    feedback: list[str]
+
+
+@dataclass(frozen=True)
 class Counts:
     """What the aggregate database holds."""
 
@@ -69,6 +81,23 @@ def detection_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def feedback_row(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload columns of a feedback row, from a payload `parse_feedback` has checked."""
+    return {name: payload[name] for name in FEEDBACK_COLUMNS}
+
+
+def status_row(status: Status, received_on: str) -> dict[str, Any]:
+    """The device_status row for a checked status (its whole payload kept as JSON text)."""
+    payload = status_to_payload(status)
+    return {
+        "device_id": status.device_id,
+        "status_json": encode_json(payload),
+        "online": int(status.online),
+        "received_on": received_on,
+        "published_on": payload["published_on"],
+    }
+
+
 def rejected_row(rejected: Rejected, received_on: str) -> dict[str, Any]:
     """The rejected_message row for a refused message (its id is the database's)."""
     return {
@@ -80,8 +109,9 @@ def rejected_row(rejected: Rejected, received_on: str) -> dict[str, Any]:
     }
 
 
-def foreign_rejection(payload: Mapping[str, Any], owner: str) -> Rejected:
-    """The record of a device claiming a detection id another device's detection holds."""
+def foreign_rejection(kind: str, payload: Mapping[str, Any], owner: str) -> Rejected:
+    """The record of a device claiming a `kind` ('detection', 'feedback') id another device's
+    record holds."""
     sender = payload["device_id"]
-    reason = f"detection {payload['detection_id']} belongs to device {owner!r}, not {sender!r}"
-    return Rejected(detection_topic(sender), reason, payload_to_json(payload).encode("utf-8"))
+    reason = f"{kind} {payload[kind + '_id']} belongs to device {owner!r}, not {sender!r}"
+    return Rejected(topic(sender, kind), reason, encode_json(payload).encode("utf-8"))

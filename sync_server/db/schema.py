@@ -123,6 +123,9 @@ feedback = Table(
 the detection it judges (two outbox messages, no order between them), and must be kept."""
 Index("feedback_detection", feedback.c.detection_id)
 
+FEEDBACK_COLUMNS = ("feedback_id", "detection_id", "device_id", "verdict", "note", "given_on")
+"""The columns a feedback payload fills."""
+
 SCHEMA_LOCK_KEY = 0x45585044
 """PostgreSQL advisory lock held while creating tables ("EXPD"): two workers starting at once
 would otherwise both see a table missing and one would fail creating it."""

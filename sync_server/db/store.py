@@ -11,36 +11,13 @@ places, none of which branches the logic of a batch:
 - `SELECT ... FOR UPDATE`, which SQLAlchemy renders on PostgreSQL and leaves out on SQLite,
   where BEGIN IMMEDIATE already gives the transaction the only write lock on the file.
 
-How one batch is written (`store_batch`, one transaction), and why it is safe with several
-ingest worker processes writing the same detection ids at the same moment:
-
-1. Read the stored rows for the batch's ids with `FOR UPDATE`, sorted by id (so two workers
-   take their locks in the same order and cannot deadlock each other). From here to the
-   commit nobody else can change them.
-2. Insert the ids not found with `ON CONFLICT (detection_id) DO NOTHING`, sorted too. If
-   another transaction inserts one of them meanwhile, PostgreSQL makes ours wait for it to
-   commit (ours then does nothing) or roll back (ours then inserts): never a duplicate, never
-   an aborting unique violation. The statement's row count (summed over the batch) says
-   whether every new id was ours; if not, the transaction is rolled back and run again, and
-   its read in step 1 now finds the other writer's row. Each retry moves at least one id from
-   "new" to "stored", so retries are few and always end.
-3. Walk the batch in order in Python, comparing each payload with the row it meets (the same
-   id twice in one batch meets the state the first one left): 'unchanged' (a resend),
-   'updated' (a newer state of the same detection) or 'foreign' (the stored device_id is
-   another device's: the row is not touched, and the claim is recorded in rejected_message
-   naming both devices). Then one UPDATE per touched id: `deliveries = deliveries + n`
-   applied by the database, the new content only where it changed.
-4. Insert the refused messages, and commit. Any failure rolls all of it back.
-
-A deadlock or serialization failure that PostgreSQL reports anyway is retried too (a fresh
-transaction, outcomes recomputed); every other failure raises ServerStoreError with nothing of
-the batch written.
-
-Why not `INSERT ... ON CONFLICT DO UPDATE ... WHERE detection.device_id = excluded.device_id
-RETURNING`: it is as safe, but RETURNING shows only the new row, so it cannot tell a resend
-from an update; and psycopg parses a multi-row statement's placeholders anew every time (its
-cache stops at 50 parameters), which made a 500-detection RETURNING insert about twice as slow
-as the pipelined executemany used here (86 ms against 33-40 ms on PostgreSQL 15, loopback).
+How one batch is written (`store_ingest`, one transaction): detections and verdicts through
+the one upsert of `sync_server.db.upsert` (read and lock what is stored, insert the new with
+ON CONFLICT DO NOTHING, compare the rest: safe with several ingest workers writing the same
+ids at once; read its docstring), the newest status per device where it is newer than the one
+stored, then the refused messages, and commit. A lost race, a deadlock or a serialization
+failure that PostgreSQL reports anyway is retried (a fresh transaction, outcomes recomputed);
+every other failure raises ServerStoreError with nothing of the batch written.
 """
 
 from __future__ import annotations
@@ -51,34 +28,33 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from device.domain import iso_utc, parse_iso_utc, utc_now
 from sync_server.db.engine import READ_ONLY, Target, open_engine, parse_target
 from sync_server.db.errors import ServerStoreError, failures_named
-from sync_server.db.records import Counts, Rejected, RejectedRecord, detection_row, foreign_rejection, rejected_row
-from sync_server.db.schema import DETECTION_COLUMNS, create_schema, detection, rejected_message
+from device.domain import Status
+from sync_server.db.records import (
+    Counts, IngestResult, Rejected, RejectedRecord, detection_row, feedback_row, foreign_rejection, rejected_row,
+    status_row,
+)
+from sync_server.db.schema import (
+    DETECTION_COLUMNS, FEEDBACK_COLUMNS, create_schema, detection, device_status, feedback, rejected_message,
+)
+from sync_server.db.upsert import Keyed, LostRace, upsert
 
-OUTCOMES = ("inserted", "updated", "unchanged", "foreign")
 RETRIED_SQLSTATES = {"40P01", "40001"}
 """PostgreSQL's deadlock_detected and serialization_failure: the transaction was sound, only
 unlucky; the ordered locking makes them unexpected, the retry makes them harmless."""
 ATTEMPTS = 8
-"""Transactions tried per batch: a lost race (step 2) or a deadlock costs one more. Two workers
-taking the same fresh ids in lockstep lose a race now and then; eight lost in a row would mean
+"""Transactions tried per batch: a lost race or a deadlock costs one more. Two workers taking
+the same fresh ids in lockstep lose a race now and then; eight lost in a row would mean
 something else is wrong."""
-IDS_PER_SELECT = 500
-"""Ids per `IN (...)`: well under SQLite's bound-parameter limit, however large a batch."""
-_KEEP = ("detection_id", "device_id")
-_CHANGED = tuple(name for name in DETECTION_COLUMNS if name not in _KEEP)
+DETECTIONS = Keyed(detection, "detection_id", DETECTION_COLUMNS, detection_row)
+VERDICTS = Keyed(feedback, "feedback_id", FEEDBACK_COLUMNS, feedback_row)
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
-
-
-class _LostRace(Exception):
-    """Another writer committed one of the batch's new ids between our read and our insert
-    (PostgreSQL only: SQLite has one writer at a time). Started again, the read finds it."""
 
 
 class ServerStore:
@@ -91,11 +67,6 @@ class ServerStore:
     def __init__(self, engine: Engine, target: Target):
         self._engine = engine
         self._target = target
-        self._insert_new = (_INSERTS[engine.dialect.name](detection)
-                            .on_conflict_do_nothing(index_elements=[detection.c.detection_id])
-                            .execution_options(preserve_rowcount=True))
-        """Insert unless stored. Its rowcount, the rows really inserted summed over the batch,
-        tells whether another writer won the race for one of them."""
         self.retries = 0
         """Batch transactions run again after a lost race or a deadlock (for metrics: a number
         that keeps growing means workers contend for the same ids all the time)."""
@@ -159,31 +130,38 @@ class ServerStore:
         return f"ServerStore({self.label!r})"
 
     def store_batch(self, detections: Sequence[dict[str, Any]], rejected: Sequence[Rejected] = ()) -> list[str]:
-        """Store checked detection payloads and refused messages in one transaction.
+        """`store_ingest` with detections and refused messages only; the detections' outcomes."""
+        return self.store_ingest(detections, (), (), rejected).detections
+
+    def store_ingest(self, detections: Sequence[dict[str, Any]], verdicts: Sequence[dict[str, Any]],
+                     statuses: Sequence[Status], rejected: Sequence[Rejected]) -> IngestResult:
+        """Store one ingest batch in one transaction.
 
         Args:
             detections: payloads `device.contracts.detection.parse_payload` has checked.
+            verdicts: payloads `device.contracts.feedback.parse_feedback` has checked.
+            statuses: checked statuses; each is kept only if newer than the device's stored one.
             rejected: messages refused before reaching here, kept with their reasons.
 
         Returns:
-            One outcome per detection, in order: 'inserted'; 'updated' (a newer state of a
-            stored detection); 'unchanged' (a resend: deliveries + 1, last_received_on now);
-            'foreign' (the id is stored for another device: left as it is, and the claim is
-            recorded in rejected_message naming both devices).
+            An outcome per detection and per verdict, in order: 'inserted'; 'updated' (a newer
+            state of a stored record); 'unchanged' (a resend: deliveries + 1, last_received_on
+            now); 'foreign' (the id is stored for another device: left as it is, and the
+            claim is recorded in rejected_message naming both devices).
 
         Raises:
             ServerStoreError: the database failed (disk full, server gone, locked past the
                 timeout); nothing of the batch was written.
             KeyError: a payload lacks a field (it was not checked); raised before writing.
         """
-        rows = [detection_row(payload) for payload in detections]
-        doing = f"could not store a batch of {len(rows)} detections and {len(rejected)} refused messages"
+        doing = (f"could not store a batch of {len(detections)} detections, {len(verdicts)} verdicts, "
+                 f"{len(statuses)} statuses and {len(rejected)} refused messages")
         with failures_named(self.label, doing):
             for attempt in range(1, ATTEMPTS + 1):
                 try:
                     with self._engine.begin() as connection:
-                        return self._write(connection, detections, rows, rejected, iso_utc(utc_now()))
-                except (DBAPIError, _LostRace) as exc:
+                        return self._write(connection, detections, verdicts, statuses, rejected, iso_utc(utc_now()))
+                except (DBAPIError, LostRace) as exc:
                     if not _worth_retrying(exc):
                         raise
                     if attempt == ATTEMPTS:
@@ -192,60 +170,32 @@ class ServerStore:
                     self.retries += 1
         raise AssertionError("unreachable")
 
-    def _write(self, connection: Connection, payloads: Sequence[dict[str, Any]], rows: list[dict[str, Any]],
-               rejected: Sequence[Rejected], now: str) -> list[str]:
-        first: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            first.setdefault(row["detection_id"], row)
-        ids = sorted(first)
-        state = _lock_existing(connection, ids)
-        new = [first[key] for key in ids if key not in state]
-        if new:
-            stamped = [dict(row, first_received_on=now, last_received_on=now, deliveries=1) for row in new]
-            inserted = connection.execute(self._insert_new, stamped).rowcount
-            if inserted < 0:  # psycopg >= 3.1 and sqlite3 sum it; a driver that does not cannot race safely
-                raise ServerStoreError(f"aggregate database {self.label}: its driver reports no row count for "
-                                       "a batch insert")
-            if inserted != len(new):
-                raise _LostRace(f"{len(new) - inserted} of {len(new)} new detection ids were stored by another "
-                                "writer meanwhile")
-            state.update((row["detection_id"], row) for row in new)
-
-        outcomes: list[str] = []
+    def _write(self, connection: Connection, detections, verdicts, statuses, rejected, now: str) -> IngestResult:
         refused = list(rejected)
-        fresh = {row["detection_id"] for row in new}
-        resent: dict[str, int] = {}  # deliveries to add per id: every occurrence but its insert
-        rewritten: set[str] = set()  # ids whose stored content this batch changes
-        for payload, row in zip(payloads, rows):
-            key = row["detection_id"]
-            if key in fresh:
-                fresh.discard(key)  # its first occurrence; a repeat later is compared below
-                outcomes.append("inserted")
-                continue
-            stored = state[key]
-            if stored["device_id"] != row["device_id"]:
-                outcomes.append("foreign")
-                refused.append(foreign_rejection(payload, stored["device_id"]))
-                continue
-            if all(stored[name] == row[name] for name in DETECTION_COLUMNS):
-                outcomes.append("unchanged")
-            else:
-                outcomes.append("updated")
-                state[key] = row
-                rewritten.add(key)
-            resent[key] = resent.get(key, 0) + 1
-
-        if rewritten:
-            connection.execute(_REWRITE, [
-                {"b_id": key, "b_now": now, "b_more": resent[key],
-                 **{f"v_{name}": state[key][name] for name in _CHANGED}}
-                for key in sorted(rewritten)])
-        if len(resent) > len(rewritten):
-            connection.execute(_COUNT_RESEND, [{"b_id": key, "b_now": now, "b_more": more}
-                                               for key, more in sorted(resent.items()) if key not in rewritten])
+        outcomes = {}
+        for kind, keyed, payloads in (("detection", DETECTIONS, detections), ("feedback", VERDICTS, verdicts)):
+            outcomes[kind] = upsert(connection, keyed, payloads, now)
+            foreign = [p for p, outcome in zip(payloads, outcomes[kind]) if outcome == "foreign"]
+            if foreign:
+                owners = _owners(connection, keyed, [p[keyed.key] for p in foreign])
+                refused.extend(foreign_rejection(kind, p, owners[p[keyed.key]]) for p in foreign)
+        for status in statuses:
+            self._keep_newest_status(connection, status, now)
         if refused:
             connection.execute(insert(rejected_message), [rejected_row(item, now) for item in refused])
-        return outcomes
+        return IngestResult(outcomes["detection"], outcomes["feedback"])
+
+    def _keep_newest_status(self, connection: Connection, status: Status, now: str) -> None:
+        """Upsert a device's status unless the stored one was published later (a retained
+        status redelivered after a newer one must not win)."""
+        row = status_row(status, now)
+        statement = _INSERTS[connection.dialect.name](device_status).values(row)
+        statement = statement.on_conflict_do_update(
+            index_elements=[device_status.c.device_id],
+            set_={name: statement.excluded[name] for name in row if name != "device_id"},
+            where=device_status.c.published_on <= statement.excluded.published_on,
+        )
+        connection.execute(statement)
 
     def counts(self) -> Counts:
         """How many detections, devices with detections, and refused messages are stored."""
@@ -270,6 +220,37 @@ class ServerStore:
         with self._reading("could not read the detection ids") as connection:
             return set(connection.execute(query).scalars())
 
+    def feedback_ids(self, device_id: str | None = None) -> set[str]:
+        """The ids of every stored verdict (of one device, if given)."""
+        query = select(feedback.c.feedback_id)
+        if device_id is not None:
+            query = query.where(feedback.c.device_id == device_id)
+        with self._reading("could not read the feedback ids") as connection:
+            return set(connection.execute(query).scalars())
+
+    def verdicts_on(self, detection_id: str) -> list[dict[str, Any]]:
+        """The verdicts stored against one detection, oldest first (the last one counts)."""
+        query = (select(*[feedback.c[name] for name in FEEDBACK_COLUMNS], feedback.c.deliveries)
+                 .where(feedback.c.detection_id == detection_id).order_by(feedback.c.given_on, feedback.c.feedback_id))
+        with self._reading("could not read the verdicts") as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    def statuses(self) -> dict[str, tuple[Status, datetime]]:
+        """Each device's newest status, with when the server received it."""
+        from device.contracts.status import parse_status
+
+        query = select(device_status.c.device_id, device_status.c.status_json, device_status.c.received_on)
+        with self._reading("could not read the device statuses") as connection:
+            rows = connection.execute(query).all()
+        return {device_id: (parse_status(text), parse_iso_utc(received)) for device_id, text, received in rows}
+
+    def newest_detection_by_device(self) -> dict[str, datetime]:
+        """Each device's newest stored detection start (its lag is now minus this): one
+        indexed lookup per device."""
+        query = select(detection.c.device_id, func.max(detection.c.started_on)).group_by(detection.c.device_id)
+        with self._reading("could not read the newest detections") as connection:
+            return {device_id: parse_iso_utc(newest) for device_id, newest in connection.execute(query).all()}
+
     def newest_detection_on(self, device_id: str) -> datetime | None:
         """When the device's newest stored detection started (None: it has none).
 
@@ -290,34 +271,14 @@ class ServerStore:
                 yield connection
 
 
-_REWRITE = (
-    update(detection)
-    .where(detection.c.detection_id == bindparam("b_id"))
-    .values({**{name: bindparam(f"v_{name}") for name in _CHANGED},
-             "last_received_on": bindparam("b_now"), "deliveries": detection.c.deliveries + bindparam("b_more")})
-)
-"""A newer state of a stored detection (its device_id never changes), with its deliveries."""
-_COUNT_RESEND = (
-    update(detection)
-    .where(detection.c.detection_id == bindparam("b_id"))
-    .values(last_received_on=bindparam("b_now"), deliveries=detection.c.deliveries + bindparam("b_more"))
-)
-"""A resend: only when it came, and how many times."""
-
-
-def _lock_existing(connection: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Step 2: the stored rows for `ids`, locked until the commit, in id order."""
-    found: dict[str, dict[str, Any]] = {}
-    columns = [detection.c[name] for name in DETECTION_COLUMNS]
-    for start in range(0, len(ids), IDS_PER_SELECT):
-        chunk = ids[start:start + IDS_PER_SELECT]
-        query = (select(*columns).where(detection.c.detection_id.in_(chunk))
-                 .order_by(detection.c.detection_id).with_for_update())
-        found.update((row["detection_id"], dict(row)) for row in connection.execute(query).mappings())
-    return found
+def _owners(connection: Connection, keyed: Keyed, ids: list[str]) -> dict[str, str]:
+    """Which device holds each of these ids (for naming both devices in a refusal)."""
+    table = keyed.table
+    query = select(table.c[keyed.key], table.c.device_id).where(table.c[keyed.key].in_(sorted(set(ids))))
+    return dict(connection.execute(query).all())
 
 
 def _worth_retrying(exc: BaseException) -> bool:
-    if isinstance(exc, _LostRace):
+    if isinstance(exc, LostRace):
         return True
     return getattr(getattr(exc, "orig", None), "sqlstate", None) in RETRIED_SQLSTATES
