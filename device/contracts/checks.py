@@ -30,6 +30,7 @@ one MQTT topic level (no '/', '+', '#', spaces) and as a broker user name."""
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 """Characters no text field may hold: they corrupt logs, CSV exports and terminals."""
 
@@ -89,16 +90,17 @@ def check_text(value: Any, where: str, limit: int) -> str:
 
 def check_uuid(value: Any, where: str) -> str:
     """A canonical (lowercase, hyphenated) UUID: the one spelling, so an id compares equal
-    to itself on every side of the wire."""
+    to itself on every side of the wire. (The pattern is exactly what `str(uuid.UUID(...))`
+    writes; matching it costs a tenth of parsing one, and the ingest checks three per message.)"""
     if type(value) is not str:
         raise ValueError(f"{where}: expected a UUID string, got {type(value).__name__}")
+    if _CANONICAL_UUID.match(value):
+        return value
     try:
-        parsed = uuid.UUID(value)
+        uuid.UUID(value)
     except ValueError:
         raise ValueError(f"{where}: {value[:40]!r} is not a UUID") from None
-    if str(parsed) != value:
-        raise ValueError(f"{where}: {value[:40]!r} is not a canonical lowercase hyphenated UUID")
-    return value
+    raise ValueError(f"{where}: {value[:40]!r} is not a canonical lowercase hyphenated UUID")
 
 
 def check_sha256(value: Any, where: str) -> str:
@@ -192,11 +194,11 @@ def check_object(raw: Any, what: str, schema: int, checks: dict[str, Callable[[A
         raise ValueError(f"{what}.schema: missing")
     if type(raw["schema"]) is not int or raw["schema"] != schema:
         raise ValueError(f"{what}.schema: {raw['schema']!r} is not a schema this version reads ({schema})")
-    unknown = sorted(set(raw) - set(checks))
-    if unknown:
-        raise ValueError(f"{what}: unknown field(s) {unknown[:5]}")
-    missing = [name for name in checks if name not in raw]
-    if missing:
+    if raw.keys() != checks.keys():  # the common case costs one comparison of key views
+        unknown = sorted(raw.keys() - checks.keys())
+        if unknown:
+            raise ValueError(f"{what}: unknown field(s) {unknown[:5]}")
+        missing = [name for name in checks if name not in raw]
         raise ValueError(f"{what}.{missing[0]}: missing")
     return {name: check(raw[name], f"{what}.{name}") for name, check in checks.items()}
 

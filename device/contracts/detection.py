@@ -185,7 +185,7 @@ def parse_payload(data: bytes | str) -> dict[str, Any]:
 
 def validate_payload(raw: Any) -> dict[str, Any]:
     """Check a decoded payload field by field; return a normalised copy (floats as float)."""
-    checked = check_object(raw, "payload", SCHEMA, {name: _CHECKS[kind] for name, kind in FIELDS.items()})
+    checked = check_object(raw, "payload", SCHEMA, _FIELD_CHECKS)
     if parse_iso_utc(checked["ended_on"]) < parse_iso_utc(checked["started_on"]):
         raise ValueError(f"payload.ended_on: {checked['ended_on']} is before started_on {checked['started_on']}")
     if checked["end_s"] < checked["start_s"]:
@@ -234,3 +234,5 @@ _CHECKS = {
     "count": _check_count,
     "bool": check_bool,
 }
+_FIELD_CHECKS = {name: _CHECKS[kind] for name, kind in FIELDS.items()}
+"""Each field's check, in FIELDS order (built once: the server checks thousands a second)."""
