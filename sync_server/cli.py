@@ -56,11 +56,16 @@ def open_store(db_target: str, must_exist: bool = False):
               help="Run as one of several workers sharing the load ($share/NAME/...): each with its own --client-id.")
 @click.option("--retry-max-s", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Longest wait between tries of a failing database (messages stay unacknowledged meanwhile).")
+@click.option("--clips-dir", type=click.Path(file_okay=False), default=None,
+              help="Where whole clips are kept (every worker the same folder). Default: clips/ beside a SQLite "
+                   "database; with PostgreSQL, none unless given (clips are then refused).")
+@click.option("--request-clips-below", type=click.FloatRange(0, 1), default=None, metavar="CONFIDENCE",
+              help="Ask each device for the clips of its detections under this confidence (default: ask for none).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics (Prometheus) and /health on this port (0: any free one; default: off).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Where /metrics listens.")
 def ingest(db_target, host, port, username, password, tls, ca_file, client_id, share_group, retry_max_s,
-           metrics_port, metrics_host) -> None:
+           clips_dir, request_clips_below, metrics_port, metrics_host) -> None:
     """Take every device's detections, verdicts and statuses from the broker into the aggregate
     database, and send each device a receipt for what was committed; until SIGTERM.
 
@@ -82,7 +87,10 @@ def ingest(db_target, host, port, username, password, tls, ca_file, client_id, s
     settings = BrokerSettings(host=host, port=port, username=username, password=password, tls=tls, ca_file=ca_file,
                               client_id=client_id, share_group=share_group)
     try:
-        runner = Ingestor(store, settings, retry_first_s=min(0.5, retry_max_s), retry_max_s=retry_max_s).start()
+        if clips_dir is None and store.dialect == "sqlite":
+            clips_dir = store.sqlite_path.parent / "clips"
+        runner = Ingestor(store, settings, retry_first_s=min(0.5, retry_max_s), retry_max_s=retry_max_s,
+                          clips_dir=clips_dir, clip_requests_below=request_clips_below).start()
     except IngestError as exc:
         store.close()
         raise click.ClickException(str(exc)) from None

@@ -43,11 +43,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from device.contracts.clip import ClipRequest, ack_to_json, clip_ack_topic, clip_request_topic, request_to_json
 from device.contracts.receipt import receipt_to_json, receipt_topic
 from device.contracts.topics import UPSTREAM, subscription
 from device.domain import utc_now
-from sync_server.db import ServerStore, ServerStoreError
+from sync_server.clips import ClipAssembler
+from sync_server.db import Rejected, ServerStore, ServerStoreError
 from sync_server.metrics import IngestMetrics
 from sync_server.routing import Incoming, newest_statuses, receipts_for, route_batch
 
@@ -109,6 +112,7 @@ class IngestStats:
     """Refused messages by reason kind (the first words of the reason)."""
     statuses: int = 0
     receipts_sent: int = 0
+    clips_complete: int = 0
     batches: int = 0
     store_errors: int = 0
     reconnects: int = 0
@@ -134,8 +138,17 @@ class Ingestor:
 
     def __init__(self, store: ServerStore, settings: BrokerSettings, batch: int = BATCH,
                  retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S,
-                 metrics: IngestMetrics | None = None):
+                 metrics: IngestMetrics | None = None, clips_dir: Path | str | None = None,
+                 clip_requests_below: float | None = None):
+        """
+        Args:
+            clips_dir: where whole clips are kept (shared by every worker); None refuses clips.
+            clip_requests_below: ask each device for the clips of its detections under this
+                confidence (a retained clip request, kept up to date); None asks for none.
+        """
         self.store = store
+        self.clips = ClipAssembler(clips_dir) if clips_dir is not None else None
+        self.clip_requests_below = clip_requests_below
         self.settings = settings
         self.metrics = metrics or IngestMetrics()
         self.batch = batch
@@ -322,13 +335,21 @@ class Ingestor:
 
     def _commit(self, batch: list[_Pending]) -> None:
         routed = route_batch(p.message for p in batch)
+        if routed.clips and self.clips is None:
+            routed.rejected.extend(Rejected(f"explorer/{c.device_id}/clip", "clip: this server keeps no clips "
+                                            "(start its ingest with --clips-dir)", b"") for c in routed.clips)
+            routed.clips = []
         delay = self.retry_first_s
         while True:
             try:
+                # Chunks reach the disk (fsynced) before the batch commits; taking one twice is
+                # harmless (it is appended only at the held offset), so a retry redoes both.
+                clip_results = [self.clips.accept(chunk) for chunk in routed.clips]
+                records = [record for _, record in clip_results if record is not None]
                 result = self.store.store_ingest(routed.detections, routed.feedback, newest_statuses(routed.statuses),
-                                                 routed.rejected)
+                                                 routed.rejected, records)
                 break
-            except ServerStoreError as exc:
+            except (ServerStoreError, OSError) as exc:
                 self.stats.store_errors += 1
                 self.metrics.store_errors.inc()
                 self._last_store_error = str(exc)
@@ -340,6 +361,37 @@ class Ingestor:
         self._account(batch, routed, result)
         self._acknowledge(batch)
         self._publish_receipts(receipts_for(routed, result.detections, result.feedback, utc_now()))
+        self._publish_clip_acks([ack for ack, _ in clip_results])
+        self._publish_clip_requests(routed, result, records)
+
+    def _publish_clip_acks(self, acks) -> None:
+        client = self._client
+        if client is None:
+            return
+        last = {}
+        for ack in acks:  # one ack per clip: the last says what is held now
+            last[(ack.device_id, ack.clip_id)] = ack
+        for ack in last.values():
+            client.publish(clip_ack_topic(ack.device_id), ack_to_json(ack).encode("utf-8"), qos=1)
+            self.stats.clips_complete += ack.state == "complete"
+
+    def _publish_clip_requests(self, routed, result, records) -> None:
+        """Keep each touched device's retained clip request up to date: the clips of its
+        detections under `clip_requests_below` that the server lacks."""
+        below, client = self.clip_requests_below, self._client
+        if below is None or client is None:
+            return
+        devices = {p["device_id"] for p, outcome in zip(routed.detections, result.detections)
+                   if outcome == "inserted" and p["confidence"] < below}
+        devices |= {record.device_id for record in records}
+        for device_id in sorted(devices):
+            try:
+                wanted = self.store.wanted_clips(device_id, below)
+            except ServerStoreError as exc:  # the next batch asks again
+                log.warning("ingest: no clip request for %s: %s", device_id, exc)
+                continue
+            request = ClipRequest(device_id, utc_now(), tuple(wanted))
+            client.publish(clip_request_topic(device_id), request_to_json(request).encode("utf-8"), qos=1, retain=True)
 
     def _account(self, batch, routed, result) -> None:
         stats, metrics = self.stats, self.metrics

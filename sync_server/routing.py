@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from device.contracts.clip import ClipChunk, parse_chunk
 from device.contracts.detection import parse_payload
 from device.contracts.feedback import parse_feedback
 from device.contracts.receipt import split_receipt
@@ -44,6 +45,7 @@ class Routed:
     detections: list[dict] = field(default_factory=list)
     feedback: list[dict] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
+    clips: list[ClipChunk] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
 
 
@@ -57,9 +59,11 @@ def route(message: Incoming, routed: Routed) -> None:
             checked = parse_feedback(message.payload)
         elif kind == "status":
             checked = parse_status(message.payload)
+        elif kind == "clip":
+            checked = parse_chunk(message.payload)
         else:  # a device publishing on a downstream topic: the ACL should have refused it
             raise ValueError(f"topic {message.topic!r}: devices do not publish {kind}s")
-        sender = checked.device_id if isinstance(checked, Status) else checked["device_id"]
+        sender = checked.device_id if isinstance(checked, (Status, ClipChunk)) else checked["device_id"]
         if sender != device_id:
             raise ValueError(f"payload device_id {sender!r} does not match the topic's {device_id!r}")
     except ValueError as exc:
@@ -69,6 +73,8 @@ def route(message: Incoming, routed: Routed) -> None:
         routed.detections.append(checked)
     elif kind == "feedback":
         routed.feedback.append(checked)
+    elif kind == "clip":
+        routed.clips.append(checked)
     else:
         routed.statuses.append(checked)
 

@@ -4,6 +4,9 @@
     explorer/<device id>/feedback    device -> server   a guide's verdict (feedback.py)
     explorer/<device id>/status      device -> server   retained; the last will says offline
     explorer/<device id>/receipt     server -> device   what the server committed (receipt.py)
+    explorer/<device id>/clip        device -> server   a chunk of a clip (clip.py)
+    explorer/<device id>/clip-ack    server -> device   how much of a clip the server holds
+    explorer/<device id>/clip-request server -> device  retained: the clips the server wants
 
 The device id sits in the topic so the broker's ACL can tie each device's credentials to its
 own branch of the tree (deploy/broker/acl: `pattern write explorer/%u/detection`, `pattern read
@@ -15,9 +18,9 @@ from __future__ import annotations
 from device.contracts.checks import check_device_id
 
 ROOT = "explorer"
-UPSTREAM = ("detection", "feedback", "status")
+UPSTREAM = ("detection", "feedback", "status", "clip")
 """What a device publishes (and the ingest subscribes to)."""
-DOWNSTREAM = ("receipt",)
+DOWNSTREAM = ("receipt", "clip-ack", "clip-request")
 """What the server publishes to one device."""
 KINDS = UPSTREAM + DOWNSTREAM
 

@@ -126,6 +126,23 @@ Index("feedback_detection", feedback.c.detection_id)
 FEEDBACK_COLUMNS = ("feedback_id", "detection_id", "device_id", "verdict", "note", "given_on")
 """The columns a feedback payload fills."""
 
+clip = Table(
+    "clip",
+    metadata,
+    Column("clip_id", Text, primary_key=True),
+    Column("device_id", Text, nullable=False),
+    Column("detection_id", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("sample_rate_hz", Integer, nullable=False),
+    Column("duration_s", Double, nullable=False),
+    Column("start_s", Double, nullable=False),
+    Column("received_on", Text, nullable=False),
+)
+"""Clips the server holds whole (sha256 checked), as files under the ingest's clips folder."""
+Index("clip_detection", clip.c.detection_id)
+
 SCHEMA_LOCK_KEY = 0x45585044
 """PostgreSQL advisory lock held while creating tables ("EXPD"): two workers starting at once
 would otherwise both see a table missing and one would fail creating it."""

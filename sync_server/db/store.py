@@ -41,7 +41,7 @@ from sync_server.db.records import (
     status_row,
 )
 from sync_server.db.schema import (
-    DETECTION_COLUMNS, FEEDBACK_COLUMNS, create_schema, detection, device_status, feedback, rejected_message,
+    DETECTION_COLUMNS, FEEDBACK_COLUMNS, clip, create_schema, detection, device_status, feedback, rejected_message,
 )
 from sync_server.db.upsert import Keyed, LostRace, upsert
 
@@ -106,6 +106,11 @@ class ServerStore:
         return self._target.label
 
     @property
+    def sqlite_path(self) -> Path | None:
+        """The database file, for SQLite; None for PostgreSQL."""
+        return self._target.sqlite_path
+
+    @property
     def dialect(self) -> str:
         """'sqlite' or 'postgresql'."""
         return self._engine.dialect.name
@@ -134,7 +139,7 @@ class ServerStore:
         return self.store_ingest(detections, (), (), rejected).detections
 
     def store_ingest(self, detections: Sequence[dict[str, Any]], verdicts: Sequence[dict[str, Any]],
-                     statuses: Sequence[Status], rejected: Sequence[Rejected]) -> IngestResult:
+                     statuses: Sequence[Status], rejected: Sequence[Rejected], clips: Sequence[Any] = ()) -> IngestResult:
         """Store one ingest batch in one transaction.
 
         Args:
@@ -142,6 +147,8 @@ class ServerStore:
             verdicts: payloads `device.contracts.feedback.parse_feedback` has checked.
             statuses: checked statuses; each is kept only if newer than the device's stored one.
             rejected: messages refused before reaching here, kept with their reasons.
+            clips: `sync_server.clips.ClipRecord`s of clips now whole on disk (kept once:
+                a record seen again changes nothing).
 
         Returns:
             An outcome per detection and per verdict, in order: 'inserted'; 'updated' (a newer
@@ -160,7 +167,8 @@ class ServerStore:
             for attempt in range(1, ATTEMPTS + 1):
                 try:
                     with self._engine.begin() as connection:
-                        return self._write(connection, detections, verdicts, statuses, rejected, iso_utc(utc_now()))
+                        return self._write(connection, detections, verdicts, statuses, rejected, clips,
+                                           iso_utc(utc_now()))
                 except (DBAPIError, LostRace) as exc:
                     if not _worth_retrying(exc):
                         raise
@@ -170,7 +178,8 @@ class ServerStore:
                     self.retries += 1
         raise AssertionError("unreachable")
 
-    def _write(self, connection: Connection, detections, verdicts, statuses, rejected, now: str) -> IngestResult:
+    def _write(self, connection: Connection, detections, verdicts, statuses, rejected, clips,
+               now: str) -> IngestResult:
         refused = list(rejected)
         outcomes = {}
         for kind, keyed, payloads in (("detection", DETECTIONS, detections), ("feedback", VERDICTS, verdicts)):
@@ -181,6 +190,11 @@ class ServerStore:
                 refused.extend(foreign_rejection(kind, p, owners[p[keyed.key]]) for p in foreign)
         for status in statuses:
             self._keep_newest_status(connection, status, now)
+        if clips:
+            rows = [dict(record.__dict__, received_on=now) for record in clips]
+            statement = (_INSERTS[connection.dialect.name](clip)
+                         .on_conflict_do_nothing(index_elements=[clip.c.clip_id]))
+            connection.execute(statement, rows)
         if refused:
             connection.execute(insert(rejected_message), [rejected_row(item, now) for item in refused])
         return IngestResult(outcomes["detection"], outcomes["feedback"])
@@ -243,6 +257,25 @@ class ServerStore:
         with self._reading("could not read the device statuses") as connection:
             rows = connection.execute(query).all()
         return {device_id: (parse_status(text), parse_iso_utc(received)) for device_id, text, received in rows}
+
+    def clips_held(self, device_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """clip id -> its row, for every clip the server holds whole (of one device, if given)."""
+        query = select(clip)
+        if device_id is not None:
+            query = query.where(clip.c.device_id == device_id)
+        with self._reading("could not read the clips") as connection:
+            return {row["clip_id"]: dict(row) for row in connection.execute(query).mappings()}
+
+    def wanted_clips(self, device_id: str, below: float, limit: int = 500) -> list[str]:
+        """The device's detections under `below` confidence whose clip the server lacks, oldest
+        first (what a clip request asks for)."""
+        held = select(clip.c.detection_id).where(clip.c.device_id == device_id)
+        query = (select(detection.c.detection_id)
+                 .where(detection.c.device_id == device_id, detection.c.confidence < below,
+                        detection.c.detection_id.not_in(held))
+                 .order_by(detection.c.started_on, detection.c.detection_id).limit(limit))
+        with self._reading("could not read the clips wanted") as connection:
+            return list(connection.execute(query).scalars())
 
     def newest_detection_by_device(self) -> dict[str, datetime]:
         """Each device's newest stored detection start (its lag is now minus this): one

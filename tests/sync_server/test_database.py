@@ -78,14 +78,17 @@ def test_both_engines_hold_the_same_tables_columns_and_indexes(server_db, server
         "device_status": ["device_id", "status_json", "online", "received_on", "published_on"],
         "feedback": ["feedback_id", "detection_id", "device_id", "verdict", "note", "given_on",
                      "first_received_on", "last_received_on", "deliveries"],
+        "clip": ["clip_id", "device_id", "detection_id", "path", "sha256", "size_bytes", "sample_rate_hz",
+                 "duration_s", "start_s", "received_on"],
     }
     assert {i["name"]: i["column_names"] for i in inspector.get_indexes("detection")} == {
         "detection_device_started": ["device_id", "started_on"], "detection_label": ["label"]}
     assert {i["name"]: i["column_names"] for i in inspector.get_indexes("feedback")} == {
         "feedback_detection": ["detection_id"]}
+    assert {i["name"]: i["column_names"] for i in inspector.get_indexes("clip")} == {"clip_detection": ["detection_id"]}
     primary = {table: inspector.get_pk_constraint(table)["constrained_columns"] for table in columns}
     assert primary == {"detection": ["detection_id"], "rejected_message": ["rejected_id"],
-                       "device_status": ["device_id"], "feedback": ["feedback_id"]}
+                       "device_status": ["device_id"], "feedback": ["feedback_id"], "clip": ["clip_id"]}
     # Opening again (a second worker, a restart) changes nothing.
     with ServerStore.open(server_target) as again:
         assert again.counts() == Counts(0, 0, 0)
@@ -441,7 +444,7 @@ def test_an_aggregate_db_written_by_the_first_server_opens_and_goes_on(tmp_path)
         assert [(r.rejected_id, r.reason) for r in store.recent_rejections(5)] == [
             (2, "not UTF-8"), (1, "not valid JSON")]
         assert set(inspect(store.engine).get_table_names()) == {
-            "detection", "rejected_message", "device_status", "feedback"}
+            "detection", "rejected_message", "device_status", "feedback", "clip"}
     check = sqlite3.connect(db)
     assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     (ddl,) = check.execute("SELECT sql FROM sqlite_master WHERE name = 'rejected_message'").fetchone()
