@@ -82,6 +82,17 @@ class SyncSettings:
     """With tls: the CA that signed the broker's certificate (empty: the system's CAs)."""
     interval_s: float = 30.0
     """Seconds between drains of the outbox while running (a new detection also starts one)."""
+    receipt_timeout_s: float = 600.0
+    """Seconds a message the broker acknowledged may wait for the server's receipt before it is
+    sent again. The broker's PUBACK only says the broker has it (a broker crash loses what it had
+    not saved); the receipt says the server committed it. Ten minutes is far above the ingest's
+    usual commit-and-receipt time (well under a second; a week's backlog from one device drains
+    in under a minute), so a healthy link never resends, yet short enough that what a broker
+    crash lost is sent again while the guide is still in coverage. A resend is harmless (the
+    server upserts on the record's id), only wasted bytes on a paid link."""
+    status_interval_s: float = 300.0
+    """Seconds between the retained status messages the worker publishes while connected (it
+    also publishes one on connect and when something a person would act on changes)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,8 @@ _RULES = {
     ("clips", "keep_per_species"): lambda v, w: _check_number(v, w, 0, 10_000),
     ("sync", "port"): lambda v, w: _check_number(v, w, 1, 65535),
     ("sync", "interval_s"): lambda v, w: _check_number(v, w, 1, 86_400),
+    ("sync", "receipt_timeout_s"): lambda v, w: _check_number(v, w, 1, 7 * 86_400),
+    ("sync", "status_interval_s"): lambda v, w: _check_number(v, w, 1, 86_400),
 }
 
 

@@ -213,3 +213,8 @@ class Status:
     clip_disk_free_bytes: int | None = None
     battery_percent: int | None = None
     last_detection_on: datetime | None = None
+    connected_on: datetime | None = None
+    """When the connection this status belongs to began (its last will carries the same): the
+    server orders a device's statuses by connection first, and within one connection an
+    offline status (the will, or the goodbye) outranks every online one, whatever its
+    `published_on` (a will's is its connect time: MQTT fixes the will when connecting)."""

@@ -87,9 +87,14 @@ class DeviceSession:
         self.own_tour = False
         self.sync = None
         if settings.sync.enabled:
+            from device.sync.status import run_status_source
             from device.sync.worker import SyncWorker
 
-            self.sync = SyncWorker(home.database, settings.sync, settings.device.id).start()
+            # The status payload's run facts: bundle, and from the pipeline (once started) the
+            # real-time factor and windows dropped; clip disk and battery are read on each call.
+            source = run_status_source(settings.device.id, manifest.name, manifest.version, home.clips,
+                                       lambda: self.pipeline)
+            self.sync = SyncWorker(home.database, settings.sync, settings.device.id, status_source=source).start()
 
     def ensure_tour(self, name: str | None = None) -> str:
         """The active tour's id, starting one (owned by this session) when none is active."""

@@ -77,7 +77,12 @@ def run_watch_folder(
     if settings.sync.enabled:  # a field station with a link sends each file's detections as they land
         from device.sync.worker import SyncWorker
 
-        sync = SyncWorker(home.database, settings.sync, settings.device.id).start()
+        from device.sync.status import run_status_source
+
+        # The watch folder has no live pipeline: its status says bundle, disk and battery.
+        source = run_status_source(settings.device.id, engine.manifest.name, engine.manifest.version, home.clips,
+                                   lambda: None)
+        sync = SyncWorker(home.database, settings.sync, settings.device.id, status_source=source).start()
     try:
         return _watch(home, settings, engine, in_dir, out_dir, once, folder, stop, sync)
     finally:

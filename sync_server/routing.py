@@ -22,7 +22,7 @@ from device.contracts.clip import ClipChunk, parse_chunk
 from device.contracts.detection import parse_payload
 from device.contracts.feedback import parse_feedback
 from device.contracts.receipt import split_receipt
-from device.contracts.status import parse_status
+from device.contracts.status import parse_status, rank
 from device.contracts.topics import parse_topic
 from device.domain import Receipt, Refusal, Status
 from sync_server.db.records import Rejected
@@ -87,12 +87,12 @@ def route_batch(messages: Iterable[Incoming]) -> Routed:
 
 
 def newest_statuses(statuses: Sequence[Status]) -> list[Status]:
-    """The newest status per device (by `published_on`; a retained status redelivered after
-    a newer one must not win)."""
+    """The highest-ranked status per device in a batch (`device.contracts.status.rank`: the
+    order the store keeps them in)."""
     newest: dict[str, Status] = {}
     for status in statuses:
         kept = newest.get(status.device_id)
-        if kept is None or status.published_on >= kept.published_on:
+        if kept is None or rank(status) >= rank(kept):
             newest[status.device_id] = status
     return list(newest.values())
 

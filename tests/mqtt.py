@@ -3,7 +3,9 @@
 `Broker(tmp_path).start()` runs `/usr/sbin/mosquitto -c <conf>` (apt `mosquitto`) on a free
 port; `kill()` is a kill -9 (a broker that dies mid-delivery), `start()` again brings it back
 on the same port. `with_password(user, password)` makes it refuse anonymous clients, `with_acl(rules)` limits topics.
-`Subscriber` collects what a QoS 1 subscription receives.
+`Subscriber` collects what a QoS 1 subscription receives; `Client5` is an MQTT 5 client that
+reads each PUBACK's reason (how a 5 broker names an ACL refusal); `FakeIngest` plays the server,
+publishing receipts with the contract's own functions.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+from tests.helpers import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -175,3 +179,147 @@ def make_test_ca(folder: Path, name: str = "test-ca", host: str = "127.0.0.1") -
     openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
             "-out", str(cert), "-days", "2", "-extfile", str(ext))
     return ca, cert, key
+
+
+class Client5:
+    """A small MQTT 5 client for tests: connect with credentials, publish and read the PUBACK's
+    reason (a 5 broker names an ACL refusal there), subscribe, collect what arrives."""
+
+    def __init__(self, broker: Broker, username: str | None = None, password: str | None = None,
+                 ca: Path | None = None, client_id: str | None = None):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        """(topic, payload, retained) in arrival order."""
+        self.on_message = None
+        """Called (client, topic, payload) on paho's thread after a message is collected."""
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._subacks: dict[int, list[str]] = {}
+        self._pubacks: dict[int, str] = {}
+        self._acked = threading.Condition()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test5-{free_port()}",
+                             protocol=mqtt.MQTTv5)
+        if username:
+            client.username_pw_set(username, password)
+        if ca is not None:
+            client.tls_set(ca_certs=str(ca))
+        client.on_connect = lambda c, u, f, rc, p: self._connected.set()
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        if not self._connected.wait(10):
+            raise RuntimeError("test client: no CONNACK within 10 s")
+        self.client = client
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._acked:
+            self._subacks[mid] = [str(code) for code in reason_codes]
+            self._acked.notify_all()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._acked:
+            self._pubacks[mid] = str(reason_code)
+            self._acked.notify_all()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+        if self.on_message is not None:
+            self.on_message(self, message.topic, bytes(message.payload))
+
+    def _wait(self, table: dict, mid: int, what: str, timeout_s: float = 10.0):
+        with self._acked:
+            if not self._acked.wait_for(lambda: mid in table, timeout_s):
+                raise RuntimeError(f"test client: no {what} within {timeout_s} s")
+            return table.pop(mid)
+
+    def subscribe(self, topic: str) -> list[str]:
+        """Subscribe QoS 1; return the SUBACK's reason codes as text ('Granted QoS 1', ...)."""
+        return self._wait(self._subacks, self.client.subscribe(topic, qos=1)[1], "SUBACK")
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> str:
+        """Publish QoS 1 and wait; return the PUBACK's reason ('Success', 'Not authorized', ...)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        return self._wait(self._pubacks, info.mid, "PUBACK")
+
+    def publish_nowait(self, topic: str, payload: bytes | str) -> None:
+        """Publish QoS 1 without waiting (usable from inside `on_message`)."""
+        self.client.publish(topic, payload, qos=1)
+
+    def received(self, topic_filter: str | None = None) -> list[tuple[str, bytes, bool]]:
+        import paho.mqtt.client as mqtt
+
+        with self._lock:
+            return [m for m in self.messages if topic_filter is None or mqtt.topic_matches_sub(topic_filter, m[0])]
+
+    def wait_for(self, condition, timeout_s: float = 20.0) -> bool:
+        """Poll `condition(self)` until it holds or `timeout_s` passes; return its last value."""
+        return wait_until(lambda: condition(self), timeout_s, every_s=0.02)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class FakeIngest:
+    """Plays the server in tests: takes every device's detections and feedback (as the shared
+    subscription `$share/<group>/...` when `share_group` is given) and, while `auto` is on,
+    answers each with a receipt naming it as stored (`device.contracts.receipt.receipt_to_json`,
+    QoS 1 on explorer/<device id>/receipt), as the real ingest does after its commit.
+    """
+
+    def __init__(self, broker: Broker, username: str | None = None, password: str | None = None,
+                 ca: Path | None = None, share_group: str | None = None, auto: bool = True):
+        from device.contracts.topics import subscription
+
+        self.auto = auto
+        self.records: list[tuple[str, str, str]] = []
+        """(device id, kind, record id) of every message taken, in arrival order (resends too)."""
+        self._lock = threading.Lock()
+        self.client = Client5(broker, username, password, ca)
+        self.client.on_message = self._take
+        for kind in ("detection", "feedback"):
+            granted = self.client.subscribe(subscription(kind, share_group))
+            if granted != ["Granted QoS 1"]:
+                raise RuntimeError(f"fake ingest: subscription to {kind} refused: {granted}")
+
+    def _take(self, client: Client5, topic: str, payload: bytes) -> None:
+        from device.contracts.detection import parse_payload
+        from device.contracts.feedback import parse_feedback
+        from device.contracts.topics import parse_topic
+
+        device_id, kind = parse_topic(topic)
+        checked = parse_payload(payload) if kind == "detection" else parse_feedback(payload)
+        record_id = checked["detection_id"] if kind == "detection" else checked["feedback_id"]
+        with self._lock:
+            self.records.append((device_id, kind, record_id))
+        if self.auto:
+            client.publish_nowait(*self.receipt_message(device_id, {kind: [record_id]}))
+
+    @staticmethod
+    def receipt_message(device_id: str, stored: dict[str, list[str]], refused=()) -> tuple[str, str]:
+        """(topic, payload) of a receipt built with the contract's own functions."""
+        from device.contracts.receipt import receipt_to_json, receipt_topic
+        from device.domain import Receipt, utc_now
+
+        receipt = Receipt(device_id, utc_now(), {kind: tuple(ids) for kind, ids in stored.items()}, tuple(refused))
+        return receipt_topic(device_id), receipt_to_json(receipt)
+
+    def receipt(self, device_id: str, stored: dict[str, list[str]] | None = None, refused=()) -> str:
+        """Publish one receipt and wait for its PUBACK; return the PUBACK's reason."""
+        return self.client.publish(*self.receipt_message(device_id, stored or {}, refused))
+
+    def taken(self, kind: str | None = None) -> list[str]:
+        """Record ids taken so far (of `kind`, when given), resends included."""
+        with self._lock:
+            return [record_id for _, k, record_id in self.records if kind is None or k == kind]
+
+    def wait_for(self, condition, timeout_s: float = 20.0) -> bool:
+        """Poll `condition(self)` until it holds or `timeout_s` passes; return its last value."""
+        return wait_until(lambda: condition(self), timeout_s, every_s=0.02)
+
+    def close(self) -> None:
+        self.client.close()

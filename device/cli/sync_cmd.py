@@ -1,4 +1,4 @@
-"""`explorer sync`: send the outbox to the broker now, or say how much is waiting."""
+"""`explorer sync`: send what the server has not confirmed now, or say where each message stands."""
 
 from __future__ import annotations
 
@@ -6,25 +6,38 @@ import click
 
 from device.cli.common import home_of, settings_of
 
+REFUSALS_SHOWN = 10
+WAIT_S = 10.0
+"""How long a sync by hand waits for receipts by default: an ingest at work answers within a
+second; longer means it is down or backlogged, and the messages stay unconfirmed (not lost)."""
+
 
 @click.command()
 @click.option("--host", help="Broker host (config: [sync] host).")
 @click.option("--port", type=int, help="Broker port (config: [sync] port).")
-@click.option("--status", "status_only", is_flag=True, help="Only print what is pending; connect to nothing.")
-def sync(host, port, status_only) -> None:
-    """Deliver pending detections to the MQTT broker (QoS 1; sent means acknowledged).
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=WAIT_S, show_default=True,
+              help="Seconds to wait for the server's receipts after sending.")
+@click.option("--status", "status_only", is_flag=True,
+              help="Only print pending, sent-unconfirmed, confirmed and refused counts; connect to nothing.")
+def sync(host, port, wait_s, status_only) -> None:
+    """Send every message the server has not confirmed, then wait for its receipts.
 
-    Works whether or not `[sync] enabled` is set: a device kept offline can be synced by hand
-    when it is back in coverage. Exits 1, naming the broker and the reason, when it cannot
-    connect; nothing pending is lost.
+    A message is delivered when the server's receipt names it, not when the broker
+    acknowledges it. This sends at once everything not yet confirmed or refused (even what
+    the broker acknowledged within the receipt timeout), waits up to --wait seconds for the
+    receipts, and prints how many were confirmed, are still unconfirmed (sent again later),
+    stay pending (not acknowledged) or were refused for good. Works whether or not `[sync]
+    enabled` is set: a device kept offline can be synced by hand back in coverage. Exits 1,
+    naming the broker and the reason, when it cannot connect; nothing is lost.
 
     Example:
 
-        explorer sync --host sync.example.org --port 8883
+        explorer sync --host sync.example.org --port 8883 --wait 30
     """
     from device.config import ConfigError
     from device.store import Store
-    from device.sync.publisher import SyncError, destination_of, drain_once
+    from device.sync.by_hand import sync_by_hand
+    from device.sync.publisher import SyncError, destination_of
 
     ctx = click.get_current_context()
     home = home_of(ctx)
@@ -33,18 +46,37 @@ def sync(host, port, status_only) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     destination = destination_of(settings.sync)
+    timeout_s = settings.sync.receipt_timeout_s
     store = Store.open(home.database)
     try:
         if status_only:
-            click.echo(f"{store.pending_count(destination)} pending for {destination}")
+            print_status(store, destination, timeout_s)
             return
         try:
-            report = drain_once(store, settings.sync, settings.device.id)
+            report = sync_by_hand(store, settings.sync, settings.device.id, wait_s)
         except SyncError as exc:
-            raise click.ClickException(f"{exc}; {store.pending_count(destination)} detection message(s) stay pending") from None
+            counts = store.outbox_open_counts(destination, timeout_s)
+            raise click.ClickException(f"{exc}; {counts.not_confirmed} message(s) the server has not confirmed "
+                                       f"stay in the outbox ({counts.pending} pending)") from None
+        drain = report.drain
+        click.echo(f"sent {drain.ok} of {drain.attempted} to {destination}; {drain.failed} failed")
+        click.echo(f"{report.confirmed} confirmed, {report.unconfirmed} still unconfirmed, {report.pending} pending, "
+                   f"{report.refused} refused (waited {report.waited_s:.1f} s for receipts)")
+        if report.unconfirmed:
+            click.echo(f"the server has not confirmed {report.unconfirmed} yet: they are sent again after "
+                       f"{timeout_s:.0f} s without a receipt, or by the next `explorer sync`")
     finally:
         store.close()
-    click.echo(f"sent {report.ok} of {report.attempted} to {destination}; {report.failed} failed, "
-               f"{report.pending_after} pending")
-    if report.error:
-        raise click.ClickException(f"stopped early: {report.error}")
+    if drain.error:
+        raise click.ClickException(f"stopped early: {drain.error}")
+
+
+def print_status(store, destination: str, timeout_s: float) -> None:
+    """Each state on its own line (see device/store/outbox.py), then the newest refusals."""
+    counts = store.outbox_counts(destination, timeout_s)
+    click.echo(f"{counts.pending} pending for {destination} (never acknowledged, or no receipt within {timeout_s:.0f} s)")
+    click.echo(f"{counts.unconfirmed} sent-unconfirmed (acknowledged by the broker, waiting for the server's receipt)")
+    click.echo(f"{counts.confirmed} confirmed by the server")
+    click.echo(f"{counts.refused} refused by the server")
+    for kind, record_id, _, reason in store.refusals(REFUSALS_SHOWN):
+        click.echo(f"  refused {kind} {record_id}: {reason}")

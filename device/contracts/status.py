@@ -22,6 +22,10 @@ anything. Schema 1 (JSON object, every field required; null means "not known"):
     clip_disk_free_bytes int >= 0 | null
     battery_percent      int 0-100 | null
     last_detection_on    str ISO-8601 UTC | null
+    connected_on         str ISO-8601 UTC | null, when this status's connection began (the
+                         last will carries its connection's); the server keeps, per device, the
+                         status of the newest connection, and within it an offline one over any
+                         online one, else the newest `published_on`
 """
 
 from __future__ import annotations
@@ -45,8 +49,16 @@ MAX_RTF = 1_000.0
 FIELDS = (
     "schema", "device_id", "online", "published_on", "release", "bundle_name", "bundle_version",
     "outbox_pending", "outbox_unconfirmed", "rtf", "windows_dropped", "clip_disk_free_bytes",
-    "battery_percent", "last_detection_on",
+    "battery_percent", "last_detection_on", "connected_on",
 )
+
+
+def rank(status: Status) -> tuple:
+    """How statuses of one device order, newest last: by connection, then offline over online
+    (a will is fixed at connect time yet comes last), then publication. The server keeps the
+    highest (sync_server/db/store.py says it in SQL)."""
+    connected = status.connected_on or status.published_on
+    return (connected, not status.online, status.published_on)
 
 
 def status_topic(device_id: str) -> str:
@@ -77,6 +89,7 @@ _CHECKS = {
     "clip_disk_free_bytes": nullable(_count),
     "battery_percent": nullable(_percent),
     "last_detection_on": nullable(check_timestamp),
+    "connected_on": nullable(check_timestamp),
 }
 
 
@@ -97,6 +110,7 @@ def status_to_payload(status: Status) -> dict[str, Any]:
         "clip_disk_free_bytes": status.clip_disk_free_bytes,
         "battery_percent": status.battery_percent,
         "last_detection_on": iso_utc(status.last_detection_on) if status.last_detection_on else None,
+        "connected_on": iso_utc(status.connected_on) if status.connected_on else None,
     }
     return validate_status(payload)
 
@@ -114,8 +128,9 @@ def parse_status(data: bytes | str) -> Status:
     checked = validate_status(decode_json(data, "status", MAX_STATUS_BYTES))
     values = {name: checked[name] for name in FIELDS if name != "schema"}
     values["published_on"] = parse_iso_utc(values["published_on"])
-    if values["last_detection_on"] is not None:
-        values["last_detection_on"] = parse_iso_utc(values["last_detection_on"])
+    for name in ("last_detection_on", "connected_on"):
+        if values[name] is not None:
+            values[name] = parse_iso_utc(values[name])
     return Status(**values)
 
 

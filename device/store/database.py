@@ -211,6 +211,42 @@ def create_initial_schema(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@migration(2)
+def add_outbox_receipts(db: sqlite_utils.Database) -> None:
+    """Delivery is the server's receipt, not the broker's PUBACK (device/contracts/receipt.py).
+
+    A message now says what it carries (`kind`: 'detection' or 'feedback') and the id a
+    receipt names for it (`record_id`: the detection's or the verdict's id), and when a
+    receipt confirmed it (`confirmed_on`) or refused it for good (`refused_on`,
+    `refused_reason`); either way it is never sent again. Rows queued before this release are
+    detections: backfilled with kind 'detection' and their detection id.
+
+    Columns are added, not the table rebuilt: rebuilding would mean dropping `outbox_message`,
+    whose attempts cascade on delete, and foreign keys cannot be switched off inside the
+    migration's transaction. SQLite's ADD COLUMN needs a default for NOT NULL; every insert
+    names both (device/store/outbox.py `enqueue`).
+    """
+    statements = [
+        "ALTER TABLE outbox_message ADD COLUMN kind TEXT NOT NULL DEFAULT 'detection' "
+        "CHECK (kind IN ('detection', 'feedback'))",
+        "ALTER TABLE outbox_message ADD COLUMN record_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE outbox_message ADD COLUMN confirmed_on TEXT",
+        "ALTER TABLE outbox_message ADD COLUMN refused_on TEXT",
+        "ALTER TABLE outbox_message ADD COLUMN refused_reason TEXT",
+        "UPDATE outbox_message SET record_id = coalesce(detection_id, message_id) WHERE record_id = ''",
+        # Applying a receipt: one lookup per id it names.
+        "CREATE INDEX outbox_message_record ON outbox_message (kind, record_id)",
+        # What is still to deliver, in send order: the drains and the status line read only these
+        # rows, however many months of confirmed messages the table holds.
+        "CREATE INDEX outbox_message_open ON outbox_message (created_on) "
+        "WHERE confirmed_on IS NULL AND refused_on IS NULL",
+        # The status line's "last" confirmation: max() from the index, not a scan.
+        "CREATE INDEX outbox_message_confirmed_on ON outbox_message (confirmed_on) WHERE confirmed_on IS NOT NULL",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 def _bookkeeping_table(db: sqlite_utils.Database) -> None:
     db.execute(
         """CREATE TABLE IF NOT EXISTS schema_migration (

@@ -252,3 +252,9 @@ def detection_records(
         )
         for row in db.query(sql, params)
     ]
+
+
+def last_detection_on(db: sqlite_utils.Database) -> datetime | None:
+    """When the newest detection started, or None before the first."""
+    found = db.execute("SELECT max(started_on) FROM detection").fetchone()
+    return parse_iso_utc(found[0]) if found and found[0] else None

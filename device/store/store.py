@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import sqlite_utils
 
-from device.domain import Detection
+from device.domain import Detection, Receipt
 from device.store import bundles, clips, detections, feedback, outbox, summary, tours, watched
 from device.store.database import connect, guard, snapshot, transaction
 
@@ -125,6 +125,10 @@ class Store:
         """
         return self._write("recovering open detections", detections.recover_open_detections)
 
+    def last_detection_on(self) -> datetime | None:
+        """When the newest detection started (the started_on index answers max() at once)."""
+        return self._read("reading the newest detection", detections.last_detection_on)
+
     def detection(self, detection_id: str) -> Detection:
         """One detection. Raises `NotFoundError` for an unknown id."""
         return self._read("reading a detection", detections.get_detection, detection_id)
@@ -146,7 +150,9 @@ class Store:
     # Feedback ----------------------------------------------------------------------
 
     def add_feedback(self, detection_id: str, verdict: str, note: str | None = None) -> feedback.Feedback:
-        """Record a guide's 'confirm' or 'reject'. Raises `NotFoundError` for an unknown detection."""
+        """Record a guide's 'confirm' or 'reject' and queue its outbox message, in one transaction.
+
+        Raises `NotFoundError` for an unknown detection."""
         return self._write("recording feedback", feedback.add_feedback, detection_id, verdict, note)
 
     def feedback_for(self, detection_id: str) -> list[feedback.Feedback]:
@@ -166,12 +172,37 @@ class Store:
 
     # Outbox ------------------------------------------------------------------------
 
-    def pending_messages(self, limit: int = 100, destination: str | None = None) -> list[outbox.OutboxMessage]:
-        """Messages with no SUCCESS attempt (to `destination`, when given), oldest first."""
-        return self._read("reading the outbox", outbox.pending_messages, limit, destination)
+    def pending_messages(self, limit: int = 100, destination: str | None = None,
+                         receipt_timeout_s: float = outbox.RECEIPT_TIMEOUT_S,
+                         after: tuple[str, int] = outbox.START) -> list[outbox.OutboxMessage]:
+        """Pending messages (no receipt, no PUBACK within the receipt timeout), oldest first,
+        from just after `after` (a message's `position`). See device.store.outbox."""
+        return self._read("reading the outbox", outbox.pending_messages, limit, destination, receipt_timeout_s, after)
 
-    def pending_count(self, destination: str | None = None) -> int:
-        return self._read("reading the outbox", outbox.pending_count, destination)
+    def open_messages(self, limit: int = 100, after: tuple[str, int] = outbox.START) -> list[outbox.OutboxMessage]:
+        """Every message no receipt has confirmed or refused, oldest first (`explorer sync` by hand)."""
+        return self._read("reading the outbox", outbox.open_messages, limit, after)
+
+    def pending_count(self, destination: str | None = None, receipt_timeout_s: float = outbox.RECEIPT_TIMEOUT_S) -> int:
+        return self._read("reading the outbox", outbox.pending_count, destination, receipt_timeout_s)
+
+    def outbox_open_counts(self, destination: str | None = None,
+                           receipt_timeout_s: float = outbox.RECEIPT_TIMEOUT_S) -> outbox.OutboxCounts:
+        """Pending and unconfirmed counts only (cheap: an index of the open rows)."""
+        return self._read("reading the outbox", outbox.open_counts, destination, receipt_timeout_s)
+
+    def outbox_counts(self, destination: str | None = None,
+                      receipt_timeout_s: float = outbox.RECEIPT_TIMEOUT_S) -> outbox.OutboxCounts:
+        """Pending, unconfirmed, confirmed and refused counts (scans the outbox)."""
+        return self._read("reading the outbox", outbox.state_counts, destination, receipt_timeout_s)
+
+    def not_confirmed_count(self) -> int:
+        """Messages the server has not confirmed (nor refused) yet: what the guide's status line shows."""
+        return self._read("reading the outbox", outbox.not_confirmed_count)
+
+    def message_states(self, message_ids: Iterable[str]) -> dict[str, str]:
+        """message_id -> 'confirmed', 'refused' or 'open'."""
+        return self._read("reading the outbox", outbox.message_states, list(message_ids))
 
     def record_attempt(self, message_id: str, destination: str, ok: bool, detail: str | None = None) -> str:
         """Append a delivery attempt (SUCCESS when `ok`); return its attempt_id."""
@@ -181,9 +212,21 @@ class Store:
         """Append (message_id, destination, ok, detail) attempts in one transaction; return their ids."""
         return self._write("recording delivery attempts", outbox.record_attempts, attempts)
 
+    def apply_receipts(self, receipts: Sequence[Receipt]) -> outbox.ReceiptOutcome:
+        """Mark what the server's receipts name confirmed or refused, in one transaction."""
+        return self._write("applying receipts", outbox.apply_receipts, list(receipts))
+
+    def refusals(self, limit: int = 10) -> list[tuple[str, str, datetime, str]]:
+        """The newest refused messages: (kind, record_id, refused_on, reason)."""
+        return self._read("reading the outbox", outbox.refusals, limit)
+
     def last_delivery_on(self) -> datetime | None:
         """When a message was last delivered (its newest SUCCESS attempt, any destination), or None."""
         return self._read("reading the outbox", outbox.last_delivery_on)
+
+    def last_confirmed_on(self) -> datetime | None:
+        """When a receipt last confirmed a message, or None."""
+        return self._read("reading the outbox", outbox.last_confirmed_on)
 
     # Clips -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.domain import parse_iso_utc
+from device.sync.status import battery_percent  # one reader, shared with the status payload
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ CLIPPING_HOLD_S = 3.0
 SLOW_EVERY_S = 5.0
 """Seconds between the slower reads (outbox, disk, battery): none changes faster than that matters."""
 SILENCE_DBFS = -120.0
-POWER_SUPPLY = Path("/sys/class/power_supply")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,10 @@ class DeviceStatus:
     ui_events_dropped: int = 0
     detections: int = 0
     pending_sync: int | None = None
+    """Messages the server has not confirmed yet (pending + sent-unconfirmed): what is not safe
+    off the device. None when the outbox could not be read."""
     last_sync_on: datetime | None = None
+    """When a receipt from the server last confirmed a message."""
     sync_error: str | None = None
     """Why the sync worker cannot deliver right now (None: fine, or sync is off)."""
     clip_disk_free_bytes: int | None = None
@@ -82,22 +85,6 @@ class DeviceStatus:
         if known.get("last_sync_on"):
             known["last_sync_on"] = parse_iso_utc(known["last_sync_on"])
         return cls(**known)
-
-
-def battery_percent(root: Path = POWER_SUPPLY) -> int | None:
-    """Charge of the first battery sysfs reports (a UPS HAT's fuel gauge), or None without one."""
-    try:
-        supplies = sorted(root.iterdir())
-    except OSError:
-        return None
-    for supply in supplies:
-        try:
-            if (supply / "type").read_text().strip() != "Battery":
-                continue
-            return int((supply / "capacity").read_text().strip())
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 class LevelMeter:
@@ -191,8 +178,8 @@ class StatusCollector:
         except OSError:
             values["clip_disk_free_bytes"] = None
         try:
-            values["pending_sync"] = self.store.pending_count()
-            values["last_sync_on"] = self.store.last_delivery_on()
+            values["pending_sync"] = self.store.not_confirmed_count()
+            values["last_sync_on"] = self.store.last_confirmed_on()
         except Exception as exc:  # a locked or failing card: show unknowns, keep listening
             log.warning("status: could not read the outbox: %s", exc)
             values["pending_sync"] = None

@@ -95,6 +95,7 @@ def status_row(status: Status, received_on: str) -> dict[str, Any]:
         "online": int(status.online),
         "received_on": received_on,
         "published_on": payload["published_on"],
+        "connected_on": payload["connected_on"] or payload["published_on"],
     }
 
 

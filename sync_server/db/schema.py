@@ -101,9 +101,12 @@ device_status = Table(
     Column("online", Integer, nullable=False),
     Column("received_on", Text, nullable=False),
     Column("published_on", Text, nullable=False),
+    Column("connected_on", Text, nullable=False),
     CheckConstraint("online IN (0, 1)", name="device_status_online_is_0_or_1"),
 )
-"""The latest status each device reported (retained on the broker; one row per device)."""
+"""The latest status each device reported (retained on the broker; one row per device): the one
+of its newest connection (`connected_on`, the status's own or its published_on), within it an
+offline one over any online one (a will's published_on is its connect time), else the newest."""
 
 feedback = Table(
     "feedback",

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -200,14 +200,18 @@ class ServerStore:
         return IngestResult(outcomes["detection"], outcomes["feedback"])
 
     def _keep_newest_status(self, connection: Connection, status: Status, now: str) -> None:
-        """Upsert a device's status unless the stored one was published later (a retained
-        status redelivered after a newer one must not win)."""
+        """Upsert a device's status unless the stored one outranks it: ordered by connection
+        (`connected_on`), then offline over online (a will outranks its own connection's online
+        statuses, though its published_on is the connect time), then published_on. A retained
+        status redelivered after a newer one never wins."""
         row = status_row(status, now)
         statement = _INSERTS[connection.dialect.name](device_status).values(row)
+        stored, new = device_status.c, statement.excluded
         statement = statement.on_conflict_do_update(
             index_elements=[device_status.c.device_id],
             set_={name: statement.excluded[name] for name in row if name != "device_id"},
-            where=device_status.c.published_on <= statement.excluded.published_on,
+            where=tuple_(stored.connected_on, 1 - stored.online, stored.published_on)
+            <= tuple_(new.connected_on, 1 - new.online, new.published_on),
         )
         connection.execute(statement)
 

@@ -75,7 +75,7 @@ def test_both_engines_hold_the_same_tables_columns_and_indexes(server_db, server
                       "bundle_name", "bundle_version", "bundle_sha256", "source", "window_count", "secondary",
                       "schema", "first_received_on", "last_received_on", "deliveries"],
         "rejected_message": ["rejected_id", "received_on", "topic", "reason", "size_bytes", "payload_head"],
-        "device_status": ["device_id", "status_json", "online", "received_on", "published_on"],
+        "device_status": ["device_id", "status_json", "online", "received_on", "published_on", "connected_on"],
         "feedback": ["feedback_id", "detection_id", "device_id", "verdict", "note", "given_on",
                      "first_received_on", "last_received_on", "deliveries"],
         "clip": ["clip_id", "device_id", "detection_id", "path", "sha256", "size_bytes", "sample_rate_hz",
@@ -534,6 +534,22 @@ def test_a_verdict_id_claimed_by_another_device_is_refused_naming_both(server_db
     assert refusal.reason == f"feedback {claim['feedback_id']} belongs to device {OWNER!r}, not {OTHER!r}"
     assert refusal.topic == f"explorer/{OTHER}/feedback"
     assert server_db.feedback_ids(OTHER) == set()
+
+
+def test_a_last_will_outranks_its_connections_online_statuses_and_a_new_connection_outranks_it(server_db):
+    from dataclasses import replace
+
+    connected = T0 + timedelta(minutes=1)
+    online = replace(status_at(OWNER, 30), connected_on=connected)  # published half an hour into the connection
+    will = replace(status_at(OWNER, 1, online=False), connected_on=connected)  # fixed at connect time
+    server_db.store_ingest([], [], [online], [])
+    server_db.store_ingest([], [], [will], [])  # the broker publishes it when the device vanishes
+    assert server_db.statuses()[OWNER][0] == will
+    server_db.store_ingest([], [], [replace(status_at(OWNER, 20), connected_on=connected)], [])  # a late duplicate
+    assert server_db.statuses()[OWNER][0] == will
+    again = replace(status_at(OWNER, 40), connected_on=T0 + timedelta(minutes=40))  # back in coverage
+    server_db.store_ingest([], [], [again], [])
+    assert server_db.statuses()[OWNER][0] == again
 
 
 def test_the_newest_status_per_device_wins_whatever_order_they_arrive_in(server_db):

@@ -49,6 +49,9 @@ def status_items(status: DeviceStatus, tz: tzinfo | None) -> list[tuple[str, str
     if status.windows_unscored or status.branch_failures:  # rare: only then does the line grow
         failures = f" ({status.branch_failures} branch failures)" if status.branch_failures else ""
         items.append((f"⚠ {status.windows_unscored} windows not scored{failures}", warn))
+    # "pending" in the guide's words: everything the server has not confirmed yet (device-side
+    # pending + sent-unconfirmed); "last" is the last receipt. A broker's PUBACK alone never
+    # brings it to 0.
     if status.pending_sync is None:
         items.append(("sync: unknown", warn))
     else:

@@ -24,14 +24,14 @@ from tests.device.contracts.golden import varied
 FROZEN_FIELDS = (
     "schema", "device_id", "online", "published_on", "release", "bundle_name", "bundle_version",
     "outbox_pending", "outbox_unconfirmed", "rtf", "windows_dropped", "clip_disk_free_bytes",
-    "battery_percent", "last_detection_on",
+    "battery_percent", "last_detection_on", "connected_on",
 )
 T = datetime(2026, 4, 20, 7, 45, 0, tzinfo=timezone.utc)
 ONLINE = Status("pi-h02", True, T, "0.1.0", "elsilencio-default", "1.0.0", 3, 12, 0.0712, 0, 50_000_000_000, 81,
-                datetime(2026, 4, 20, 7, 44, 30, tzinfo=timezone.utc))
+                datetime(2026, 4, 20, 7, 44, 30, tzinfo=timezone.utc), datetime(2026, 4, 20, 6, 0, tzinfo=timezone.utc))
 GOLDEN_JSON = (
     '{"battery_percent":81,"bundle_name":"elsilencio-default","bundle_version":"1.0.0",'
-    '"clip_disk_free_bytes":50000000000,"device_id":"pi-h02","last_detection_on":"2026-04-20T07:44:30.000Z",'
+    '"clip_disk_free_bytes":50000000000,"connected_on":"2026-04-20T06:00:00.000Z","device_id":"pi-h02","last_detection_on":"2026-04-20T07:44:30.000Z",'
     '"online":true,"outbox_pending":3,"outbox_unconfirmed":12,"published_on":"2026-04-20T07:45:00.000Z",'
     '"release":"0.1.0","rtf":0.0712,"schema":1,"windows_dropped":0}'
 )

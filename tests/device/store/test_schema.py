@@ -47,7 +47,9 @@ EXPECTED_COLUMNS = {
     ],
     "outbox_message": [
         ("message_id", "TEXT", 1, 1), ("detection_id", "TEXT", 0, 0), ("topic", "TEXT", 1, 0),
-        ("payload", "TEXT", 1, 0), ("created_on", "TEXT", 1, 0),
+        ("payload", "TEXT", 1, 0), ("created_on", "TEXT", 1, 0), ("kind", "TEXT", 1, 0),
+        ("record_id", "TEXT", 1, 0), ("confirmed_on", "TEXT", 0, 0), ("refused_on", "TEXT", 0, 0),
+        ("refused_reason", "TEXT", 0, 0),
     ],
     "outbox_attempt": [
         ("attempt_id", "TEXT", 1, 1), ("message_id", "TEXT", 1, 0), ("attempted_on", "TEXT", 1, 0),
@@ -115,6 +117,8 @@ def test_every_migration_is_recorded_once_and_reopening_changes_nothing(db_path)
         "INSERT INTO feedback VALUES ('f', 'd', 'maybe', NULL, '2026-01-01T00:00:00.000Z')",
         "INSERT INTO outbox_attempt VALUES ('a', 'm', '2026-01-01T00:00:00.000Z', 'broker', 'SENT', NULL)",
         "INSERT INTO watched_file VALUES ('w', '/x.wav', 1, 1.0, 'queued', '2026-01-01T00:00:00.000Z', NULL, NULL, NULL)",
+        "INSERT INTO outbox_message (message_id, topic, payload, created_on, kind, record_id) "
+        "VALUES ('m', 't', '{}', '2026-01-01T00:00:00.000Z', 'clip', 'r')",
     ],
 )
 def test_check_constraints_refuse_unknown_enum_values(store, sql):

@@ -1,4 +1,5 @@
-"""The outbox publisher against a real Mosquitto: QoS 1, sent only on PUBACK, nothing lost."""
+"""The outbox publisher against a real Mosquitto: QoS 1, a PUBACK makes a message unconfirmed
+(never sent again within the receipt timeout), nothing lost."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from device.contracts.detection import parse_payload
 from device.sync.publisher import OutboxPublisher, SyncError, destination_of, drain_once
-from tests.device.sync.conftest import DEVICE, queue_detections, settings_for
+from tests.device.sync.conftest import DEVICE, outbox_states, queue_detections, settings_for
 from tests.mqtt import Broker, Subscriber, free_port
 
 
@@ -18,9 +19,9 @@ def attempts(store, result: str) -> list[tuple[str, str]]:
         "SELECT message_id, destination FROM outbox_attempt WHERE result = ?", [result]).fetchall()]
 
 
-def test_every_pending_detection_is_published_and_marked_sent_on_its_puback(broker, store):
+def test_every_pending_detection_is_published_and_unconfirmed_on_its_puback(broker, store):
     ids = queue_detections(store, 30)
-    subscriber = Subscriber(broker, "explorer/#")
+    subscriber = Subscriber(broker, "explorer/+/detection")
     try:
         report = drain_once(store, settings_for(broker), DEVICE)
         received = subscriber.wait_for(30)
@@ -28,14 +29,14 @@ def test_every_pending_detection_is_published_and_marked_sent_on_its_puback(brok
         subscriber.close()
 
     assert (report.selected, report.attempted, report.ok, report.failed, report.pending_after) == (30, 30, 30, 0, 0)
-    assert report.error is None
+    assert report.error is None and report.unconfirmed_after == 30  # the broker has them; the server has not said so
     assert {topic for topic, _ in received} == {f"explorer/{DEVICE}/detection"}
     assert sorted(parse_payload(body)["detection_id"] for _, body in received) == sorted(ids)
     destination = f"mqtt://127.0.0.1:{broker.port}"
     assert {d for _, d in attempts(store, "SUCCESS")} == {destination}
     assert len(attempts(store, "SUCCESS")) == 30 and attempts(store, "FAILURE") == []
-    assert store.pending_count() == 0
-    again = drain_once(store, settings_for(broker), DEVICE)  # nothing is sent twice once acknowledged
+    assert outbox_states(store) == {"pending": 0, "unconfirmed": 30, "confirmed": 0, "refused": 0}
+    again = drain_once(store, settings_for(broker), DEVICE)  # not sent twice within the receipt timeout
     assert (again.selected, again.ok) == (0, 0)
 
 
@@ -94,7 +95,7 @@ def test_a_broker_killed_mid_drain_leaves_every_unacknowledged_message_pending(b
     assert not pending & acknowledged  # a message is either acknowledged or still pending, never both
 
     broker.start()  # back, on the same port: the rest goes, and only the rest
-    subscriber = Subscriber(broker, "explorer/#")
+    subscriber = Subscriber(broker, "explorer/+/detection")
     try:
         after = drain_once(store, settings, DEVICE)
         received = subscriber.wait_for(len(pending))
@@ -121,7 +122,7 @@ def test_a_publish_the_broker_acl_refuses_stays_pending_with_the_reason(tmp_path
     try:
         own = queue_detections(store, 2)
         foreign = queue_detections(store, 3, device_id="pi-h03")
-        subscriber = Subscriber(broker, "explorer/#", **credentials)
+        subscriber = Subscriber(broker, "explorer/+/detection", **credentials)
         try:
             report = drain_once(store, settings_for(broker, **credentials), DEVICE)
             received = subscriber.wait_for(2)
