@@ -9,7 +9,9 @@ of four states (per destination where a broker is named):
 - **pending**: no receipt yet, and no PUBACK (a SUCCESS attempt) within the receipt timeout:
   never acknowledged, or acknowledged so long ago that its receipt is not coming. Sent next.
 - **unconfirmed** (sent-unconfirmed): acknowledged by the broker within the timeout, waiting
-  for its receipt. Not sent again until the timeout passes.
+  for its receipt. Not sent again until the timeout passes; the timeout doubles with each
+  PUBACK the message had (up to 64 times: `RESEND_DOUBLINGS`), so a server down for a day costs
+  a backlog a handful of resends, not one every ten minutes.
 - **confirmed**: a receipt named it as stored (`confirmed_on`). Never sent again.
 - **refused**: a receipt named it as refused (`refused_on`, `refused_reason`), e.g. an id
   another device owns. Never sent again; the reason is kept for `explorer sync --status`.
@@ -42,9 +44,16 @@ _IDS_PER_QUERY = 500
 """Ids bound in one IN (...) list: far below SQLite's variable limit on any release."""
 
 _OPEN = "m.confirmed_on IS NULL AND m.refused_on IS NULL"
+RESEND_DOUBLINGS = 6
+"""A message the broker acknowledged k times without a receipt waits receipt_timeout_s x 2^(k-1)
+before it goes again, at most x 64 (600 s grows to ~10.7 h): while the ingest is down for a day,
+a backlog is resent a handful of times over a metered link, not every ten minutes."""
+_SUCCESSES = """(SELECT count(*) FROM outbox_attempt b
+    WHERE b.message_id = m.message_id AND b.result = 'SUCCESS' {destination_b})"""
 _ACKNOWLEDGED = """EXISTS (
     SELECT 1 FROM outbox_attempt a
-    WHERE a.message_id = m.message_id AND a.result = 'SUCCESS' {destination_clause} AND a.attempted_on >= ?
+    WHERE a.message_id = m.message_id AND a.result = 'SUCCESS' {destination_a}
+      AND a.attempted_on >= CASE {successes} {whens} ELSE ? END
 )"""
 _SELECT = """
     SELECT m.*, m.rowid AS position_rowid,
@@ -144,17 +153,21 @@ def enqueue(db: sqlite_utils.Database, topic: str, payload: str, detection_id: s
     return message_id
 
 
-def _cutoff(receipt_timeout_s: float, now: datetime | None) -> str:
-    """A PUBACK at or after this moment is still waiting for its receipt; one before it is stale."""
+def _acknowledged(destination: str | None, receipt_timeout_s: float, now: datetime | None) -> tuple[str, list]:
+    """The SQL (and its parameters) true for an open message still waiting for its receipt: a
+    PUBACK within its timeout, which doubles with each PUBACK the message already had (see
+    RESEND_DOUBLINGS). A message this is false for (and that is open) is pending."""
     if receipt_timeout_s < 0:
         raise ValueError(f"receipt_timeout_s: {receipt_timeout_s} must not be negative")
-    return iso_utc((now or utc_now()) - timedelta(seconds=receipt_timeout_s))
-
-
-def _acknowledged(destination: str | None) -> tuple[str, list]:
-    if destination is None:
-        return _ACKNOWLEDGED.format(destination_clause=""), []
-    return _ACKNOWLEDGED.format(destination_clause="AND a.destination = ?"), [destination]
+    now = now or utc_now()
+    cutoffs = [iso_utc(now - timedelta(seconds=receipt_timeout_s * 2 ** k)) for k in range(RESEND_DOUBLINGS + 1)]
+    where, dest = ("", []) if destination is None else ("AND {t}.destination = ?", [destination])
+    sql = _ACKNOWLEDGED.format(
+        destination_a=where.format(t="a"),
+        successes=_SUCCESSES.format(destination_b=where.format(t="b")),
+        whens=" ".join(f"WHEN {k + 1} THEN ?" for k in range(RESEND_DOUBLINGS)),
+    )
+    return sql, [*dest, *dest, *cutoffs]
 
 
 def _select(db: sqlite_utils.Database, extra: str, params: list, limit: int,
@@ -172,8 +185,8 @@ def pending_messages(
 ) -> list[OutboxMessage]:
     """Pending messages (see the module doc; for `destination`, when given), oldest first,
     from just after `after`."""
-    clause, params = _acknowledged(destination)
-    return _select(db, f"AND NOT {clause}", [*params, _cutoff(receipt_timeout_s, now)], limit, after)
+    clause, params = _acknowledged(destination, receipt_timeout_s, now)
+    return _select(db, f"AND NOT {clause}", params, limit, after)
 
 
 def open_messages(db: sqlite_utils.Database, limit: int = 100, after: tuple[str, int] = START) -> list[OutboxMessage]:
@@ -192,10 +205,9 @@ def open_counts(db: sqlite_utils.Database, destination: str | None = None,
                 receipt_timeout_s: float = RECEIPT_TIMEOUT_S, now: datetime | None = None) -> OutboxCounts:
     """Pending and unconfirmed counts (confirmed and refused left 0): reads only the open rows
     (a partial index), so the status line and the status payload can ask every few seconds."""
-    clause, params = _acknowledged(destination)
+    clause, params = _acknowledged(destination, receipt_timeout_s, now)
     found = db.execute(
-        f"SELECT count(*), coalesce(sum({clause}), 0) FROM outbox_message m WHERE {_OPEN}",
-        [*params, _cutoff(receipt_timeout_s, now)],
+        f"SELECT count(*), coalesce(sum({clause}), 0) FROM outbox_message m WHERE {_OPEN}", params,
     ).fetchone()
     return OutboxCounts(pending=found[0] - found[1], unconfirmed=found[1])
 

@@ -111,3 +111,32 @@ def test_bad_arguments_are_refused(store, queued):
         outbox.enqueue(store.db, "explorer/pi-h02/clip", "{}", kind="clip", record_id="x")
     with pytest.raises(ValueError, match="no record id"):
         outbox.enqueue(store.db, "explorer/pi-h02/feedback", "{}", kind="feedback")
+
+
+def test_each_unanswered_puback_doubles_the_wait_before_the_next_resend(store):
+    """A server down for a day: a backlog is not resent every timeout, but after 1, 2, 4... of them."""
+    from datetime import timedelta
+
+    from device.domain import utc_now
+    from device.store import outbox
+
+    from tests.device.sync.conftest import queue_detections
+
+    queue_detections(store, 1)
+    (message,) = store.pending_messages(10)
+    destination = "mqtt://broker:1883"
+    now = utc_now()
+
+    def pending_at(seconds_later: float) -> bool:
+        return bool(outbox.pending_messages(store.db, 10, destination, receipt_timeout_s=100,
+                                            now=now + timedelta(seconds=seconds_later)))
+
+    store.record_attempts([(message.message_id, destination, True, None)])  # first PUBACK, no receipt
+    assert not pending_at(99) and pending_at(101)  # x1
+    store.record_attempts([(message.message_id, destination, True, None)])  # resent, PUBACKed, no receipt
+    assert not pending_at(199) and pending_at(201)  # x2
+    for _ in range(10):  # many more: the wait stops growing at x64
+        store.record_attempts([(message.message_id, destination, True, None)])
+    assert not pending_at(6_399) and pending_at(6_401)
+    counts = outbox.open_counts(store.db, destination, 100, now + timedelta(seconds=6_399))
+    assert (counts.pending, counts.unconfirmed) == (0, 1)
