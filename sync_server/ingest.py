@@ -45,12 +45,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device.contracts.clip import ClipRequest, ack_to_json, clip_ack_topic, clip_request_topic, request_to_json
-from device.contracts.receipt import receipt_to_json, receipt_topic
 from device.contracts.topics import UPSTREAM, subscription
 from device.domain import utc_now
 from sync_server.clips import ClipAssembler
 from sync_server.db import Rejected, ServerStore, ServerStoreError
+from sync_server import replies
 from sync_server.metrics import IngestMetrics
 from sync_server.routing import Incoming, newest_statuses, receipts_for, route_batch
 
@@ -360,38 +359,15 @@ class Ingestor:
         self._last_store_error = None
         self._account(batch, routed, result)
         self._acknowledge(batch)
-        self._publish_receipts(receipts_for(routed, result.detections, result.feedback, utc_now()))
-        self._publish_clip_acks([ack for ack, _ in clip_results])
-        self._publish_clip_requests(routed, result, records)
-
-    def _publish_clip_acks(self, acks) -> None:
         client = self._client
         if client is None:
             return
-        last = {}
-        for ack in acks:  # one ack per clip: the last says what is held now
-            last[(ack.device_id, ack.clip_id)] = ack
-        for ack in last.values():
-            client.publish(clip_ack_topic(ack.device_id), ack_to_json(ack).encode("utf-8"), qos=1)
-            self.stats.clips_complete += ack.state == "complete"
-
-    def _publish_clip_requests(self, routed, result, records) -> None:
-        """Keep each touched device's retained clip request up to date: the clips of its
-        detections under `clip_requests_below` that the server lacks."""
-        below, client = self.clip_requests_below, self._client
-        if below is None or client is None:
-            return
-        devices = {p["device_id"] for p, outcome in zip(routed.detections, result.detections)
-                   if outcome == "inserted" and p["confidence"] < below}
-        devices |= {record.device_id for record in records}
-        for device_id in sorted(devices):
-            try:
-                wanted = self.store.wanted_clips(device_id, below)
-            except ServerStoreError as exc:  # the next batch asks again
-                log.warning("ingest: no clip request for %s: %s", device_id, exc)
-                continue
-            request = ClipRequest(device_id, utc_now(), tuple(wanted))
-            client.publish(clip_request_topic(device_id), request_to_json(request).encode("utf-8"), qos=1, retain=True)
+        sent = replies.publish_receipts(client, receipts_for(routed, result.detections, result.feedback, utc_now()))
+        self.stats.receipts_sent += sent
+        self.metrics.receipts.inc(sent)
+        self.stats.clips_complete += replies.publish_clip_acks(client, [ack for ack, _ in clip_results])
+        if self.clip_requests_below is not None:
+            replies.publish_clip_requests(client, self.store, self.clip_requests_below, routed, result, records)
 
     def _account(self, batch, routed, result) -> None:
         stats, metrics = self.stats, self.metrics
@@ -434,12 +410,3 @@ class Ingestor:
             for pending in batch:
                 if pending.generation == current:
                     client.ack(pending.mid, pending.qos)
-
-    def _publish_receipts(self, receipts) -> None:
-        client = self._client
-        if client is None:
-            return
-        for receipt in receipts:
-            client.publish(receipt_topic(receipt.device_id), receipt_to_json(receipt).encode("utf-8"), qos=1)
-            self.stats.receipts_sent += 1
-            self.metrics.receipts.inc()
