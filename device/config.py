@@ -93,6 +93,16 @@ class SyncSettings:
     status_interval_s: float = 300.0
     """Seconds between the retained status messages the worker publishes while connected (it
     also publishes one on connect and when something a person would act on changes)."""
+    clip_budget_mb_per_day: float = 20.0
+    """Megabytes (10^6 bytes) of clip chunks sent per UTC day, resends included; 0 turns clip
+    upload off. Only clips a guide judged or the server asked for go (device/sync/clips.py). A
+    clip is the 5 s peak window as 16-bit FLAC: 140-330 KB on the project's recordings (median
+    ~180 KB at 32 kHz, ~250 KB at 44.1 kHz), so 20 MB is about a hundred clips a day: a tour's
+    verdicts and the server's lowest-confidence asks, and about 600 MB a month, a small share
+    of a metered SIM plan. Detections never wait for clips and cost about 1 KB each."""
+    clip_chunk_kb: int = 32
+    """KiB of clip per chunk (at most 64, the wire contract's limit): small enough that a
+    dropped link costs little and a detection waits at most one chunk behind a clip."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,8 @@ _RULES = {
     ("sync", "interval_s"): lambda v, w: _check_number(v, w, 1, 86_400),
     ("sync", "receipt_timeout_s"): lambda v, w: _check_number(v, w, 1, 7 * 86_400),
     ("sync", "status_interval_s"): lambda v, w: _check_number(v, w, 1, 86_400),
+    ("sync", "clip_budget_mb_per_day"): lambda v, w: _check_number(v, w, 0, 100_000),
+    ("sync", "clip_chunk_kb"): lambda v, w: _check_number(v, w, 1, 64),
 }
 
 

@@ -247,6 +247,50 @@ def add_outbox_receipts(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@migration(3)
+def add_clip_upload(db: sqlite_utils.Database) -> None:
+    """Clip upload (device/sync/clips.py, device/store/uploads.py): where each clip stands with
+    the server, what the server asked for, and the bytes sent per UTC day (the daily budget).
+
+    `clip_upload` has a row once a clip is first considered for upload: its sha256 and size,
+    read once from the file; `acked_bytes`, what the server's last ack said it holds (the
+    offset the next chunk starts from); `sent_bytes`, the end of the one chunk in flight
+    (equal to `acked_bytes` when none is) and `sent_on`, when it went; `state`. `sha256` is
+    NULL only for a clip found gone before it was ever read. `clip_request` holds the
+    detection ids of the server's latest (retained, always complete) clip request, replaced
+    whole by each new one. `clip_upload_day` counts the chunk bytes sent per UTC day, resends
+    included: one row a day, however many chunks.
+    """
+    statements = [
+        """CREATE TABLE clip_upload (
+            clip_id TEXT PRIMARY KEY NOT NULL REFERENCES clip (clip_id),
+            sha256 TEXT CHECK (sha256 IS NULL OR length(sha256) = 64),
+            size_bytes INTEGER NOT NULL CHECK (size_bytes >= 0),
+            acked_bytes INTEGER NOT NULL DEFAULT 0 CHECK (acked_bytes BETWEEN 0 AND size_bytes),
+            sent_bytes INTEGER NOT NULL DEFAULT 0 CHECK (sent_bytes BETWEEN acked_bytes AND size_bytes),
+            sent_on TEXT,
+            state TEXT NOT NULL CHECK (state IN ('sending', 'complete', 'refused', 'gone')),
+            refusals INTEGER NOT NULL DEFAULT 0 CHECK (refusals >= 0),
+            reason TEXT,
+            created_on TEXT NOT NULL,
+            updated_on TEXT NOT NULL,
+            CHECK (sha256 IS NOT NULL OR state = 'gone')
+        )""",
+        """CREATE TABLE clip_request (
+            detection_id TEXT PRIMARY KEY NOT NULL REFERENCES detection (detection_id),
+            issued_on TEXT NOT NULL,
+            received_on TEXT NOT NULL
+        )""",
+        """CREATE TABLE clip_upload_day (
+            utc_day TEXT PRIMARY KEY NOT NULL CHECK (length(utc_day) = 10),
+            sent_bytes INTEGER NOT NULL CHECK (sent_bytes >= 0),
+            chunks INTEGER NOT NULL CHECK (chunks >= 0)
+        )""",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 def _bookkeeping_table(db: sqlite_utils.Database) -> None:
     db.execute(
         """CREATE TABLE IF NOT EXISTS schema_migration (

@@ -23,7 +23,7 @@ import numpy as np
 import sqlite_utils
 
 from device.domain import Detection, Receipt
-from device.store import bundles, clips, detections, feedback, outbox, summary, tours, watched
+from device.store import bundles, clips, detections, feedback, outbox, summary, tours, uploads, watched
 from device.store.database import connect, guard, snapshot, transaction
 
 T = TypeVar("T")
@@ -301,6 +301,43 @@ class Store:
     def sweep_orphan_clips(self, clips_dir: Path | str) -> clips.SweepResult:
         """Remove clip files a crash left without a live row (see `clips.sweep_orphan_clips`)."""
         return self._read("sweeping orphan clips", clips.sweep_orphan_clips, clips_dir)
+
+    # Clip upload (device/store/uploads.py: what each call means) ----------------------
+
+    def clip_upload_candidates(self, limit: int) -> list[uploads.UploadCandidate]:
+        """Wanted clips not finished: judged first, then requested, each oldest first."""
+        return self._read("reading the clips to upload", uploads.upload_candidates, limit)
+
+    def begin_clip_upload(self, clip_id: str, sha256: str, size_bytes: int, now: datetime) -> None:
+        self._write("starting a clip upload", uploads.begin_upload, clip_id, sha256, size_bytes, now)
+
+    def mark_clip_gone(self, clip_id: str, size_bytes: int, reason: str, now: datetime) -> None:
+        self._write("marking a clip gone", uploads.mark_gone, clip_id, size_bytes, reason, now)
+
+    def reserve_clip_chunk(self, clip_id: str, expected: tuple[int, int], end: int, wire_bytes: int,
+                           budget_bytes: int, now: datetime) -> str:
+        """'ok' (in flight, counted against today's budget), 'budget' or 'moved'."""
+        args = (clip_id, expected, end, wire_bytes, budget_bytes, now)
+        return self._write("reserving a clip chunk", uploads.reserve_chunk, *args)
+
+    def unsend_clip_chunk(self, clip_id: str, end: int, now: datetime) -> None:
+        self._write("recording an unsent clip chunk", uploads.unsend_chunk, clip_id, end, now)
+
+    def apply_clip_messages(self, acks: Sequence[Any], requests: Sequence[Any], now: datetime) -> uploads.AckOutcome:
+        """Apply the server's clip acks and newest clip request, in one transaction."""
+        return self._write("applying clip acks", uploads.apply_clip_messages, list(acks), list(requests), now)
+
+    def clip_bytes_sent_on(self, day: str) -> int:
+        return self._read("reading the clip budget", uploads.bytes_sent_on, day)
+
+    def clip_upload_counts(self, now: datetime) -> uploads.UploadCounts:
+        return self._read("counting clip uploads", uploads.upload_counts, now)
+
+    def clip_upload(self, clip_id: str) -> uploads.ClipUpload | None:
+        return self._read("reading a clip upload", uploads.clip_upload, clip_id)
+
+    def requested_clip_ids(self) -> set[str]:
+        return self._read("reading the clip request", uploads.requested_ids)
 
     # Watch folder ------------------------------------------------------------------
 

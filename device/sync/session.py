@@ -14,8 +14,13 @@ The connection's last will is the device's status with `online: false` (retained
 broker announces a device that vanished (power cut, kill -9, lost link). A normal MQTT 5
 DISCONNECT discards the will: a clean stop publishes that status itself first.
 
+The same session subscribes to the server's clip acks and its retained clip request
+(device/contracts/clip.py), QoS 1, acknowledged by hand likewise once the store has recorded
+what they say (device/sync/clips.py).
+
 Threads: paho calls back on its network thread; receipts cross to the draining thread through
-a queue (`take_receipts`), because the Store is bound to the thread that opened it.
+a queue (`take_receipts`), clip messages through another (`take_clip_messages`), because the
+Store is bound to the thread that opened it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from device.config import SyncSettings
+from device.contracts.clip import clip_ack_topic, clip_request_topic
 from device.contracts.receipt import receipt_topic
 from device.contracts.status import status_topic
 
@@ -76,7 +82,8 @@ def hand_client_id(device_id: str) -> str:
 
 @dataclass(frozen=True)
 class InboundReceipt:
-    """A message on the receipt subscription, as paho delivered it (not yet parsed)."""
+    """A message on one of the session's subscriptions (a receipt, a clip ack or request), as
+    paho delivered it (not yet parsed)."""
 
     topic: str
     payload: bytes
@@ -96,13 +103,17 @@ class MqttSession:
         self.client_id = client_id
         self.will = will
         self.on_receipt = on_receipt
-        """Called on paho's thread after a receipt is queued (the worker wakes on it)."""
+        """Called on paho's thread after a receipt or clip message is queued (the worker wakes on it)."""
         self.receipt_topic = receipt_topic(device_id)
+        self.clip_topics = (clip_ack_topic(device_id), clip_request_topic(device_id))
         self.status_topic = status_topic(device_id)
         self.where = f"MQTT broker {settings.host}:{settings.port}"
         self.session_present = False
         self.subscribe_error: str | None = None
         """Why the broker refused the receipt subscription, or None."""
+        self.clip_subscribe_error: str | None = None
+        """Why the broker refused the clip ack or request subscription, or None (no clip is
+        sent then: its acks could never come)."""
         self._client = None
         self._connack = threading.Event()
         self._suback = threading.Event()
@@ -112,6 +123,7 @@ class MqttSession:
         self._refused_mids: dict[int, str] = {}
         """mid -> reason, for PUBACKs that carry a failure (paho still counts them published)."""
         self._inbox: queue.Queue[InboundReceipt] = queue.Queue()
+        self._clip_inbox: queue.Queue[InboundReceipt] = queue.Queue()
 
     # -- connecting -------------------------------------------------------------------------
     def connect(self) -> "MqttSession":
@@ -189,15 +201,19 @@ class MqttSession:
             self.session_present = bool(getattr(flags, "session_present", False))
             # Again on every connect: the broker may have lost the session (expired, restarted
             # without persistence), and a subscription already there is simply replaced.
-            self._subscribe_mid = client.subscribe(self.receipt_topic, qos=1)[1]
+            topics = (self.receipt_topic, *self.clip_topics)
+            self._subscribe_mid = client.subscribe([(name, 1) for name in topics])[1]
         self._connack.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if mid != self._subscribe_mid:
             return
-        failed = [str(code) for code in reason_codes if code.is_failure]
-        if failed:
-            self.subscribe_error = f"the broker refuses this device's receipts ({failed[0]})"
+        codes = list(reason_codes)  # one per topic, in the order subscribed
+        if not codes or codes[0].is_failure:
+            self.subscribe_error = f"the broker refuses this device's receipts ({codes[0] if codes else 'no answer'})"
+        failed = [str(code) for code in codes[1:] if code.is_failure]
+        if failed or len(codes) != 1 + len(self.clip_topics):
+            self.clip_subscribe_error = f"the broker refuses this device's clip acks ({(failed or ['no answer'])[0]})"
         self._suback.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -212,7 +228,8 @@ class MqttSession:
             self._refused_mids[mid] = str(reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
-        self._inbox.put(InboundReceipt(message.topic, bytes(message.payload), message.mid, message.qos, self))
+        inbox = self._clip_inbox if message.topic in self.clip_topics else self._inbox
+        inbox.put(InboundReceipt(message.topic, bytes(message.payload), message.mid, message.qos, self))
         if self.on_receipt is not None:
             self.on_receipt()
 
@@ -236,18 +253,16 @@ class MqttSession:
 
     def take_receipts(self, wait_s: float = 0.0) -> list[InboundReceipt]:
         """Every receipt queued so far, waiting up to `wait_s` for a first one."""
-        items: list[InboundReceipt] = []
-        try:
-            items.append(self._inbox.get(timeout=wait_s) if wait_s > 0 else self._inbox.get_nowait())
-            while True:
-                items.append(self._inbox.get_nowait())
-        except queue.Empty:
-            return items
+        return _take(self._inbox, wait_s)
+
+    def take_clip_messages(self, wait_s: float = 0.0) -> list[InboundReceipt]:
+        """Every clip ack and request queued so far, waiting up to `wait_s` for a first one."""
+        return _take(self._clip_inbox, wait_s)
 
     def requeue(self, items: list[InboundReceipt]) -> None:
-        """Put back receipts that could not be applied (a failing card), for the next try."""
+        """Put back messages that could not be applied (a failing card), for the next try."""
         for item in items:
-            self._inbox.put(item)
+            (self._clip_inbox if item.topic in self.clip_topics else self._inbox).put(item)
 
     def ack(self, item: InboundReceipt) -> bool:
         """Acknowledge a receipt, only on the connection that delivered it and only while it
@@ -260,6 +275,18 @@ class MqttSession:
 
         return self._client.ack(item.mid, item.qos) == mqtt.MQTT_ERR_SUCCESS
 
+    def unsubscribe_clips(self, wait_s: float = 2.0) -> bool:
+        """Drop the clip ack and request subscriptions from the persistent session, waiting up
+        to `wait_s` for the UNSUBACK: `explorer sync` by hand does this as it leaves, so the
+        acks of chunks the run's worker sends do not pile up for it for a week (unacknowledged
+        on its next connect, they would hold the broker's window shut to its receipts)."""
+        if not self.connected:
+            return False
+        done = threading.Event()
+        self._client.on_unsubscribe = lambda *_: done.set()
+        self._client.unsubscribe(list(self.clip_topics))
+        return done.wait(wait_s)
+
     def close(self) -> None:
         """A normal DISCONNECT (the broker keeps the session and drops the will), then stop paho."""
         client, self._client = self._client, None
@@ -269,3 +296,13 @@ class MqttSession:
             client.disconnect()
         finally:
             client.loop_stop()
+
+
+def _take(inbox: queue.Queue, wait_s: float) -> list[InboundReceipt]:
+    items: list[InboundReceipt] = []
+    try:
+        items.append(inbox.get(timeout=wait_s) if wait_s > 0 else inbox.get_nowait())
+        while True:
+            items.append(inbox.get_nowait())
+    except queue.Empty:
+        return items

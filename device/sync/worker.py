@@ -2,10 +2,12 @@
 
 It wakes every `[sync] interval_s`, soon after each new detection (`wake()`) and on each
 receipt, connects when it has no connection (with exponential back-off while the broker is
-unreachable: the trail has no network for hours), applies the receipts that arrived, drains
-what is pending, publishes the device's status when it is due, and goes back to sleep. It owns
-its own SQLite connection and touches neither capture nor inference, so a dead link costs the
-pipeline nothing.
+unreachable: the trail has no network for hours), applies the receipts and clip acks that
+arrived, drains what is pending, publishes the device's status when it is due, and, only when
+the drain left nothing pending, sends a few clip chunks (device/sync/clips.py), stopping
+between chunks as soon as `wake()` says new messages are queued: a clip never delays a
+detection. Then it goes back to sleep. It owns its own SQLite connection and touches neither
+capture nor inference, so a dead link costs the pipeline nothing.
 
 On stop it makes one last bounded drain, connecting first if it was still connecting or
 waiting out a back-off, gives the receipts a few seconds to come back (so a guide who walks
@@ -27,6 +29,7 @@ from pathlib import Path
 from device.config import SyncSettings
 from device.domain import Status, utc_now
 from device.sync import status as device_status
+from device.sync.clips import ChunkSent, ClipUploader
 from device.sync.publisher import OutboxPublisher, SyncError
 from device.sync.receipts import ReceiptReport
 from device.sync.session import destination_of, worker_client_id
@@ -58,18 +61,25 @@ class SyncState:
     """Receipts applied (those ignored as malformed or for another device are not counted)."""
     statuses: int = 0
     """Status messages published (the goodbye at stop included)."""
+    clip_chunks: int = 0
+    """Clip chunks the broker acknowledged."""
+    clip_bytes: int = 0
+    """Their bytes on the wire (what the daily clip budget counts)."""
 
 
 class SyncWorker:
     """Args:
         status_source: what the run knows for the status payload (device/sync/status.py
             `run_status_source`); called on the worker's thread. None: the outbox's own facts.
+        clock: the clip budget's time (its UTC day, the clip ack timeout); tests move it.
+        on_clip_sent: called on the worker's thread after each clip chunk's PUBACK.
     """
 
     def __init__(self, database: Path, settings: SyncSettings, device_id: str,
                  backoff_first_s: float = BACKOFF_FIRST_S, backoff_max_s: float = BACKOFF_MAX_S,
                  status_source: Callable[[], Status] | None = None,
-                 final_receipt_wait_s: float = FINAL_RECEIPT_WAIT_S):
+                 final_receipt_wait_s: float = FINAL_RECEIPT_WAIT_S, clock: Callable[[], datetime] = utc_now,
+                 on_clip_sent: Callable[[ChunkSent], None] | None = None):
         self.database = Path(database)
         self.settings = settings
         self.device_id = device_id
@@ -77,8 +87,13 @@ class SyncWorker:
         self.backoff_max_s = backoff_max_s
         self.status_source = status_source
         self.final_receipt_wait_s = final_receipt_wait_s
+        self.clock = clock
+        self.on_clip_sent = on_clip_sent
         self._wake = threading.Event()
+        self._queued = threading.Event()
+        """Set by `wake()`: new messages are queued, so a clip pass stops at its next chunk."""
         self._stop = threading.Event()
+        self._clips: ClipUploader | None = None
         self._lock = threading.Lock()
         self._state = SyncState()
         self.destination = destination_of(settings)
@@ -92,7 +107,9 @@ class SyncWorker:
         return self
 
     def wake(self, *_ignored) -> None:
-        """Drain soon (e.g. a detection just closed). Usable directly as an on_detection callback."""
+        """Drain soon (e.g. a detection just closed), ahead of any clip chunk not yet sent.
+        Usable directly as an on_detection callback."""
+        self._queued.set()
         self._wake.set()
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -118,11 +135,13 @@ class SyncWorker:
         from device.store import Store, StoreError
 
         store = Store.open(self.database)
+        self._clips = ClipUploader(store, self.settings, self.device_id, self.clock, self._clip_sent)
         publisher: OutboxPublisher | None = None
         backoff = self.backoff_first_s
         try:
             while not self._stop.is_set():
                 self._wake.clear()
+                self._queued.clear()
                 if publisher is None:
                     try:
                         publisher = self._connect(store)
@@ -135,11 +154,15 @@ class SyncWorker:
                         continue
                 try:
                     publisher.apply_receipts()  # confirmations first: what they name is not resent
+                    self._clips.apply_messages(publisher.session)
                     report = publisher.drain()
                     publisher.apply_receipts()
                     self._record(report)
                     if report.error is None:
                         self._status_if_due(publisher)
+                    if report.error is None and report.pending_after == 0:  # detections and verdicts first
+                        clips = self._clips.send(publisher.session, self._yield_to_outbox)
+                        report = dataclasses.replace(report, error=clips.error)
                 except StoreError as exc:  # a failing card: keep the messages, try later
                     log.error("sync: %s", exc)
                     self._update(last_error=str(exc))
@@ -185,10 +208,21 @@ class SyncWorker:
 
         try:
             publisher.apply_receipts()
+            self._clips.apply_messages(publisher.session)
         except StoreError as exc:
             log.error("sync: %s", exc)
         publisher.close()
         self._schedule.forget()
+
+    def _yield_to_outbox(self) -> bool:
+        """A clip pass stops at its next chunk: new messages are queued, or the worker stops."""
+        return self._queued.is_set() or self._stop.is_set()
+
+    def _clip_sent(self, chunk: ChunkSent) -> None:
+        state = self.state
+        self._update(clip_chunks=state.clip_chunks + 1, clip_bytes=state.clip_bytes + chunk.wire_bytes)
+        if self.on_clip_sent is not None:
+            self.on_clip_sent(chunk)
 
     def _count(self, report: ReceiptReport) -> None:
         """The publisher's `on_applied`: every receipt pass, drains' own included."""
@@ -243,6 +277,7 @@ class SyncWorker:
             while (publisher.connected and time.monotonic() < deadline
                    and store.outbox_open_counts(self.destination, self.settings.receipt_timeout_s).unconfirmed):
                 publisher.apply_receipts(wait_s=min(0.25, max(0.0, deadline - time.monotonic())))
+            self._clips.apply_messages(publisher.session)  # acks already here are recorded, not redelivered
         except StoreError as exc:
             log.error("sync: last drain: %s", exc)
         return publisher

@@ -60,6 +60,14 @@ EXPECTED_COLUMNS = {
         ("mtime_s", "REAL", 1, 0), ("status", "TEXT", 1, 0), ("first_seen_on", "TEXT", 1, 0),
         ("processed_on", "TEXT", 0, 0), ("result_csv_path", "TEXT", 0, 0), ("detail", "TEXT", 0, 0),
     ],
+    "clip_upload": [
+        ("clip_id", "TEXT", 1, 1), ("sha256", "TEXT", 0, 0), ("size_bytes", "INTEGER", 1, 0),
+        ("acked_bytes", "INTEGER", 1, 0), ("sent_bytes", "INTEGER", 1, 0), ("sent_on", "TEXT", 0, 0),
+        ("state", "TEXT", 1, 0), ("refusals", "INTEGER", 1, 0), ("reason", "TEXT", 0, 0),
+        ("created_on", "TEXT", 1, 0), ("updated_on", "TEXT", 1, 0),
+    ],
+    "clip_request": [("detection_id", "TEXT", 1, 1), ("issued_on", "TEXT", 1, 0), ("received_on", "TEXT", 1, 0)],
+    "clip_upload_day": [("utc_day", "TEXT", 1, 1), ("sent_bytes", "INTEGER", 1, 0), ("chunks", "INTEGER", 1, 0)],
     "schema_migration": [("version", "INTEGER", 1, 1), ("name", "TEXT", 1, 0), ("applied_on", "TEXT", 1, 0)],
 }  # fmt: skip
 
@@ -70,6 +78,8 @@ EXPECTED_FOREIGN_KEYS = {
     ("feedback", "detection_id", "detection", "detection_id"),
     ("outbox_message", "detection_id", "detection", "detection_id"),
     ("outbox_attempt", "message_id", "outbox_message", "message_id"),
+    ("clip_upload", "clip_id", "clip", "clip_id"),
+    ("clip_request", "detection_id", "detection", "detection_id"),
 }
 
 
