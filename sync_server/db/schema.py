@@ -32,7 +32,12 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    bindparam,
+    func,
+    inspect,
+    select,
     text,
+    update,
 )
 
 from device.domain import VERDICTS
@@ -69,15 +74,28 @@ detection = Table(
     Column("first_received_on", Text, nullable=False),
     Column("last_received_on", Text, nullable=False),
     Column("deliveries", Integer, nullable=False, server_default=text("1")),
+    Column("seq", ID_TYPE),
+    Column("site", Text),
+    Column("latitude", Double),
+    Column("longitude", Double),
+    Column("coordinate_uncertainty_m", Double),
     CheckConstraint("secondary IN (0, 1)", name="detection_secondary_is_0_or_1"),
 )
+"""`seq`: the order of first commit, given by the ingest (`sync_server.db.upsert`, `Keyed.sequence`)
+and never changed: the researchers' pagination key (sync_server/db/queries.py says why). NULL
+only in a database written before it existed, until `create_schema` numbers those rows.
+`site` .. `coordinate_uncertainty_m`: where the device was (detection payload schema 2; NULL
+from schema 1)."""
 Index("detection_device_started", detection.c.device_id, detection.c.started_on)
 Index("detection_label", detection.c.label)
+Index("detection_seq", detection.c.seq, unique=True)
+Index("detection_tour", detection.c.tour_id)
 
 DETECTION_COLUMNS = (
     "detection_id", "device_id", "tour_id", "label", "scientific_name", "common_name", "class_name",
     "started_on", "ended_on", "start_s", "end_s", "confidence", "branch_scores", "bundle_name",
     "bundle_version", "bundle_sha256", "source", "window_count", "secondary", "schema",
+    "site", "latitude", "longitude", "coordinate_uncertainty_m",
 )
 """The columns a detection payload fills (the rest is the server's bookkeeping): a resend is
 'unchanged' when all of these are equal to the stored row."""
@@ -146,6 +164,38 @@ clip = Table(
 """Clips the server holds whole (sha256 checked), as files under the ingest's clips folder."""
 Index("clip_detection", clip.c.detection_id)
 
+tour = Table(
+    "tour",
+    metadata,
+    Column("tour_id", Text, primary_key=True),
+    Column("device_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("guide", Text),
+    Column("started_on", Text, nullable=False),
+    Column("ended_on", Text),
+    Column("site", Text),
+    Column("latitude", Double),
+    Column("longitude", Double),
+    Column("first_received_on", Text, nullable=False),
+    Column("last_received_on", Text, nullable=False),
+    Column("deliveries", Integer, nullable=False, server_default=text("1")),
+)
+"""The guides' tours as their devices report them (the tour message; ended_on NULL while one
+is under way). Detections name their tour by `tour_id`; no foreign key, since either may
+arrive first."""
+
+api_token = Table(
+    "api_token",
+    metadata,
+    Column("token_id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("token_sha256", Text, nullable=False, unique=True),
+    Column("created_on", Text, nullable=False),
+    Column("revoked_on", Text),
+    Column("last_used_on", Text),
+)
+"""Read-only API tokens (sync_server/db/tokens.py): only a token's sha256 is stored."""
+
 SCHEMA_LOCK_KEY = 0x45585044
 """PostgreSQL advisory lock held while creating tables ("EXPD"): two workers starting at once
 would otherwise both see a table missing and one would fail creating it."""
@@ -160,3 +210,33 @@ def create_schema(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
     metadata.create_all(connection, checkfirst=True)
+    _add_missing_columns(connection)
+    _number_unsequenced(connection)
+    for table in metadata.sorted_tables:
+        for index in table.indexes:  # create_all makes the indexes of new tables only
+            index.create(connection, checkfirst=True)
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    """ALTER TABLE ... ADD COLUMN for every column a newer release added to an existing table
+    (all of them nullable, so old rows stay valid)."""
+    found = inspect(connection)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
+def _number_unsequenced(connection: Connection) -> None:
+    """Give `seq` to detections stored before it existed, in the order they were first received."""
+    missing = connection.execute(
+        select(detection.c.detection_id).where(detection.c.seq.is_(None))
+        .order_by(detection.c.first_received_on, detection.c.detection_id)).scalars().all()
+    if not missing:
+        return
+    start = connection.scalar(select(func.coalesce(func.max(detection.c.seq), 0))) + 1
+    connection.execute(update(detection).where(detection.c.detection_id == bindparam("b_id"))
+                       .values(seq=bindparam("b_seq")),
+                       [{"b_id": i, "b_seq": start + n} for n, i in enumerate(missing)])

@@ -52,7 +52,7 @@ ATTEMPTS = 8
 """Transactions tried per batch: a lost race or a deadlock costs one more. Two workers taking
 the same fresh ids in lockstep lose a race now and then; eight lost in a row would mean
 something else is wrong."""
-DETECTIONS = Keyed(detection, "detection_id", DETECTION_COLUMNS, detection_row)
+DETECTIONS = Keyed(detection, "detection_id", DETECTION_COLUMNS, detection_row, sequence="seq")
 VERDICTS = Keyed(feedback, "feedback_id", FEEDBACK_COLUMNS, feedback_row)
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 

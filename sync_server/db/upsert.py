@@ -33,13 +33,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 OUTCOMES = ("inserted", "updated", "unchanged", "foreign")
 IDS_PER_SELECT = 500
 """Ids per `IN (...)`: well under SQLite's bound-parameter limit, however large a batch."""
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+SEQUENCE_LOCK_KEY = 0x45585053
+"""PostgreSQL advisory lock that orders the numbering of new rows ("EXPS"; see next_sequence)."""
 
 
 class LostRace(Exception):
@@ -59,6 +61,8 @@ class Keyed:
     when all of these equal the stored row."""
     row: Callable[[Mapping[str, Any]], dict[str, Any]]
     """Builds those columns from a checked payload."""
+    sequence: str | None = None
+    """A column numbered at first insert in commit order (`next_sequence`), or None."""
 
     @property
     def changeable(self) -> tuple[str, ...]:
@@ -84,6 +88,9 @@ def upsert(connection: Connection, keyed: Keyed, payloads: Sequence[Mapping[str,
     new = [first[i] for i in ids if i not in state]
     if new:
         stamped = [dict(row, first_received_on=now, last_received_on=now, deliveries=1) for row in new]
+        if keyed.sequence is not None:
+            first = next_sequence(connection, keyed.table, keyed.sequence)
+            stamped = [dict(row, **{keyed.sequence: first + n}) for n, row in enumerate(stamped)]
         statement = (_INSERTS[connection.dialect.name](keyed.table)
                      .on_conflict_do_nothing(index_elements=[keyed.table.c[key]])
                      .execution_options(preserve_rowcount=True))
@@ -132,6 +139,19 @@ def upsert(connection: Connection, keyed: Keyed, payloads: Sequence[Mapping[str,
         connection.execute(statement, [{"b_id": i, "b_now": now, "b_more": more}
                                        for i, more in sorted(resent.items()) if i not in rewritten])
     return outcomes
+
+
+def next_sequence(connection: Connection, table: Table, column: str) -> int:
+    """The next number of `table.column`, held for this transaction until it commits.
+
+    Numbers must be given in commit order, or a reader paging by them could pass a number whose
+    row commits later and miss it. SQLite's BEGIN IMMEDIATE already makes writers take turns;
+    on PostgreSQL an advisory transaction lock does, from here to the commit: the batches of
+    several workers queue for it only over their inserts' last milliseconds.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEQUENCE_LOCK_KEY})
+    return connection.scalar(select(func.coalesce(func.max(table.c[column]), 0))) + 1
 
 
 def _lock_existing(connection: Connection, keyed: Keyed, ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -73,22 +73,28 @@ def test_both_engines_hold_the_same_tables_columns_and_indexes(server_db, server
         "detection": ["detection_id", "device_id", "tour_id", "label", "scientific_name", "common_name",
                       "class_name", "started_on", "ended_on", "start_s", "end_s", "confidence", "branch_scores",
                       "bundle_name", "bundle_version", "bundle_sha256", "source", "window_count", "secondary",
-                      "schema", "first_received_on", "last_received_on", "deliveries"],
+                      "schema", "first_received_on", "last_received_on", "deliveries", "seq", "site", "latitude",
+                      "longitude", "coordinate_uncertainty_m"],
         "rejected_message": ["rejected_id", "received_on", "topic", "reason", "size_bytes", "payload_head"],
         "device_status": ["device_id", "status_json", "online", "received_on", "published_on", "connected_on"],
         "feedback": ["feedback_id", "detection_id", "device_id", "verdict", "note", "given_on",
                      "first_received_on", "last_received_on", "deliveries"],
         "clip": ["clip_id", "device_id", "detection_id", "path", "sha256", "size_bytes", "sample_rate_hz",
                  "duration_s", "start_s", "received_on"],
+        "tour": ["tour_id", "device_id", "name", "guide", "started_on", "ended_on", "site", "latitude", "longitude",
+                 "first_received_on", "last_received_on", "deliveries"],
+        "api_token": ["token_id", "name", "token_sha256", "created_on", "revoked_on", "last_used_on"],
     }
     assert {i["name"]: i["column_names"] for i in inspector.get_indexes("detection")} == {
-        "detection_device_started": ["device_id", "started_on"], "detection_label": ["label"]}
+        "detection_device_started": ["device_id", "started_on"], "detection_label": ["label"],
+        "detection_seq": ["seq"], "detection_tour": ["tour_id"]}
     assert {i["name"]: i["column_names"] for i in inspector.get_indexes("feedback")} == {
         "feedback_detection": ["detection_id"]}
     assert {i["name"]: i["column_names"] for i in inspector.get_indexes("clip")} == {"clip_detection": ["detection_id"]}
     primary = {table: inspector.get_pk_constraint(table)["constrained_columns"] for table in columns}
     assert primary == {"detection": ["detection_id"], "rejected_message": ["rejected_id"],
-                       "device_status": ["device_id"], "feedback": ["feedback_id"], "clip": ["clip_id"]}
+                       "device_status": ["device_id"], "feedback": ["feedback_id"], "clip": ["clip_id"],
+                       "tour": ["tour_id"], "api_token": ["token_id"]}
     # Opening again (a second worker, a restart) changes nothing.
     with ServerStore.open(server_target) as again:
         assert again.counts() == Counts(0, 0, 0)
@@ -379,6 +385,17 @@ def test_two_worker_processes_upserting_the_same_ids_lose_no_delivery_and_overwr
         reasons = [r.reason for r in store.recent_rejections(1000)]
     assert len(reasons) == foreign > 0
     assert all(f"'{OWNER}'" in reason and f"'{OTHER}'" in reason for reason in reasons)
+    with ServerStore.open(server_target) as store, store.engine.connect() as connection:
+        numbers = connection.execute(select(detection.c.seq)).scalars().all()
+    assert None not in numbers and len(set(numbers)) == RACE_IDS  # every row numbered, none twice
+
+
+def test_each_new_detection_is_numbered_in_commit_order_and_a_resend_or_update_keeps_its_number(server_db):
+    server_db.store_batch([payload(5), payload(3)])
+    server_db.store_batch([payload(1), payload(3), grown(5, 3)])  # a late, older detection; a resend; an update
+    numbers = {n: stored(server_db, payload(n)["detection_id"])["seq"] for n in (1, 3, 5)}
+    first_batch = sorted([numbers[3], numbers[5]])
+    assert first_batch == [1, 2] and numbers[1] == 3  # the older recording, committed later, comes after
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +461,9 @@ def test_an_aggregate_db_written_by_the_first_server_opens_and_goes_on(tmp_path)
         assert [(r.rejected_id, r.reason) for r in store.recent_rejections(5)] == [
             (2, "not UTF-8"), (1, "not valid JSON")]
         assert set(inspect(store.engine).get_table_names()) == {
-            "detection", "rejected_message", "device_status", "feedback", "clip"}
+            "detection", "rejected_message", "device_status", "feedback", "clip", "tour", "api_token"}
+        # The old row is numbered first (it was received first), the new one after it.
+        assert (stored(store, first["detection_id"])["seq"], stored(store, payload(1)["detection_id"])["seq"]) == (1, 2)
     check = sqlite3.connect(db)
     assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     (ddl,) = check.execute("SELECT sql FROM sqlite_master WHERE name = 'rejected_message'").fetchone()
