@@ -27,8 +27,22 @@ class DeviceSettings:
     """Stable id of this device; stamped on every detection and sync message, so it follows the
     wire contract's rule (`device.contracts.checks.DEVICE_ID_RULE`), checked at start."""
     site: str = "El Silencio Natural Reserve"
+    """Stamped on every detection and tour (at most 128 characters, the wire's limit; empty:
+    none)."""
     latitude: float | None = None
     longitude: float | None = None
+    """Decimal degrees (WGS84) of where the device works, both or neither: stamped on every
+    detection and tour; researchers' exports (Darwin Core) carry them."""
+    coordinate_uncertainty_m: float = 1000.0
+    """How far (metres) a detection may be from latitude/longitude: Darwin Core's
+    coordinateUncertaintyInMeters, stamped with the coordinates (never without them). The device
+    has no GNSS: the coordinates are one point for its whole beat, while a guide carries it along
+    the trails around it (a walk of a few kilometres stays within about 1 km of a central point)
+    and it hears calls up to ~100 m away in forest. 1,000 m covers both; a point typed with two
+    decimals (6.23) is itself only good to ~0.8 km. Georeferencing practice (GBIF) is to err
+    large: an understated uncertainty misleads a species-distribution model, an overstated one
+    only weighs the record less. A recorder left at one spot, with its own coordinates, can say
+    100 m."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,26 @@ def _check_number(value: Any, where: str, low: float | None = None, high: float 
         raise ConfigError(f"{where}: {value} is above the maximum {high}")
 
 
+MAX_UNCERTAINTY_M = 20_037_509.0
+"""Half the Earth's circumference: Darwin Core's largest meaningful uncertainty."""
+
+
+def _check_positive(value: Any, where: str, high: float) -> None:
+    _check_number(value, where, 0, high)
+    if value <= 0:
+        raise ConfigError(f"{where}: {value} must be above 0")
+
+
+def _check_site(value: Any, where: str) -> None:
+    # The wire contract's limits: a site the payload refuses would fail every detection save.
+    from device.contracts.detection import MAX_SITE_CHARS
+
+    if len(value) > MAX_SITE_CHARS:
+        raise ConfigError(f"{where}: {len(value)} characters is over the {MAX_SITE_CHARS}-character limit")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{where}: holds control characters")
+
+
 def _check_device_id(value: Any, where: str) -> None:
     # The wire contract's own rule: an id the payload refuses would fail every detection save.
     try:
@@ -148,6 +182,8 @@ _RULES = {
     ("device", "id"): _check_device_id,
     ("device", "latitude"): lambda v, w: v is None or _check_number(v, w, -90, 90),
     ("device", "longitude"): lambda v, w: v is None or _check_number(v, w, -180, 180),
+    ("device", "coordinate_uncertainty_m"): lambda v, w: _check_positive(v, w, MAX_UNCERTAINTY_M),
+    ("device", "site"): lambda v, w: _check_site(v, w),
     ("audio", "hop_s"): lambda v, w: _check_number(v, w, 0.25, 60),
     ("audio", "queue_windows"): lambda v, w: _check_number(v, w, 1, 10_000),
     ("audio", "reconnect_max_s"): lambda v, w: _check_number(v, w, 0.1, 3600),
@@ -203,8 +239,16 @@ def parse_settings(raw: dict[str, Any], source: str) -> Settings:
             raise ConfigError(f"{source}: [{name}]: expected a table")
         built[name] = _build_section(sections[name].default_factory().__class__, dict(values), source, name)
     settings = Settings(**built)
+    _check_place(settings.device, source)
     _check_sync(settings.sync, source)
     return settings
+
+
+def _check_place(device: DeviceSettings, source: str) -> None:
+    """A latitude without a longitude (or the reverse) places nothing: refused at start."""
+    if (device.latitude is None) != (device.longitude is None):
+        given, missing = ("latitude", "longitude") if device.longitude is None else ("longitude", "latitude")
+        raise ConfigError(f"{source}: [device] {missing}: missing while [device] {given} is set (give both or neither)")
 
 
 def _check_sync(sync: SyncSettings, source: str) -> None:

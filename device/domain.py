@@ -20,6 +20,23 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+FAMILY_SUFFIX = "idae"
+"""The zoological family ending (ICZN art. 29.2). The label space names three insect labels by
+family (48124 Tettigoniidae, 52884 Gryllidae, 50186 Cicadidae): a screen, a page or an export
+names those as families, never as if they were a species."""
+
+
+def taxon_rank(scientific_name: str | None) -> str | None:
+    """'species' for a binomial (or finer), 'family' for a one-word name ending in -idae,
+    'genus' for another one-word name, None when there is no name."""
+    words = (scientific_name or "").split()
+    if not words:
+        return None
+    if len(words) >= 2:
+        return "species"
+    return "family" if words[0].lower().endswith(FAMILY_SUFFIX) else "genus"
+
+
 def iso_utc(moment: datetime) -> str:
     """ISO-8601 UTC text with millisecond precision and a trailing Z (the `_on` column format)."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -126,6 +143,15 @@ class Detection:
     """True when the label was over its threshold but was not the window's top label."""
     peak_start_s: float = 0.0
     """Offset of the peak window's start within the source (the clip is cut around it)."""
+    site: str | None = None
+    """Where the device was: `[device] site` (None: not configured, or a detection logged
+    before the device recorded places)."""
+    latitude: float | None = None
+    longitude: float | None = None
+    """`[device] latitude/longitude` in decimal degrees (WGS84), both or neither."""
+    coordinate_uncertainty_m: float | None = None
+    """How far (metres) the detection may be from those coordinates (`[device]
+    coordinate_uncertainty_m`; None without coordinates)."""
 
     def extend(
         self, prediction: Prediction, score: float, branch_scores: dict[str, float], secondary: bool
@@ -148,7 +174,7 @@ class Refusal:
     """One message the server will never store, and why (resending it would not help)."""
 
     kind: str
-    """What was refused: 'detection' or 'feedback'."""
+    """What was refused: 'detection', 'feedback' or 'tour'."""
     record_id: str
     """The detection or feedback id the message carried."""
     reason: str
@@ -165,13 +191,43 @@ class Receipt:
     device_id: str
     issued_on: datetime
     stored: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Kind ('detection', 'feedback') -> the ids whose rows the server committed."""
+    """Kind ('detection', 'feedback', 'tour') -> the ids whose rows the server committed (for a
+    tour, the id of the state committed: `device.contracts.tour.delivery_id`)."""
     refused: tuple[Refusal, ...] = ()
 
     @property
     def size(self) -> int:
         """How many ids the receipt carries in all."""
         return sum(len(ids) for ids in self.stored.values()) + len(self.refused)
+
+
+@dataclass(frozen=True)
+class Tour:
+    """A guided walk on the trail, the unit a guide's species count is reported over (stored by
+    device/store/tours.py, reported to the server by device/contracts/tour.py)."""
+
+    tour_id: str
+    name: str
+    guide: str | None
+    started_on: datetime
+    ended_on: datetime | None
+    """None while the tour is active."""
+    device_id: str | None = None
+    """The device it was walked with (None: started by a release that did not record it, or on a
+    store opened without the device's settings; such a tour is reported once its device is known)."""
+    site: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    """Where the device was when the tour started (`[device] site/latitude/longitude`)."""
+
+    @property
+    def active(self) -> bool:
+        return self.ended_on is None
+
+    def duration_s(self, now: datetime | None = None) -> float:
+        """Time on the trail; an active tour counts up to `now`."""
+        end = self.ended_on or now or utc_now()
+        return max(0.0, (end - self.started_on).total_seconds())
 
 
 VERDICTS = ("confirm", "reject")

@@ -69,7 +69,7 @@ class DeviceSession:
         self.home = home
         self.settings = settings
         self.engine = engine
-        self.store = Store.open(home.database)
+        self.store = Store.open(home.database, device=settings.device)  # its tours are reported as this device
         recovered = self.store.recover_open_detections()
         if recovered:
             log.warning("closed %d detection(s) left open by an interrupted run", recovered)
@@ -134,17 +134,18 @@ class DeviceSession:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline.wait()
-        if self.sync is not None:
-            self.sync.stop()  # one last drain of what the pipeline just flushed
         from device.store import StoreError
 
         try:
-            if stop_own_tour and self.own_tour:
-                active = self.store.active_tour()
-                if active is not None:
-                    self.store.stop_tour(active.tour_id)
-        except StoreError as exc:  # a full card: the tour stays open, the next start can stop it
-            log.error("%s", exc)
+            try:
+                if stop_own_tour and self.own_tour:
+                    active = self.store.active_tour()
+                    if active is not None:
+                        self.store.stop_tour(active.tour_id)  # before the last drain: its end goes too
+            except StoreError as exc:  # a full card: the tour stays open, the next start can stop it
+                log.error("%s", exc)
+            if self.sync is not None:
+                self.sync.stop()  # one last drain of what the pipeline just flushed, and the tour's end
         finally:
             self.store.close()
 

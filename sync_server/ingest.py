@@ -104,7 +104,7 @@ class IngestStats:
 
     received: int = 0
     stored: int = 0
-    """Detections and verdicts inserted or updated."""
+    """Detections, verdicts and tours inserted or updated."""
     unchanged: int = 0
     """Resends: already stored, counted in `deliveries`."""
     rejected: Counter = field(default_factory=Counter)
@@ -346,7 +346,7 @@ class Ingestor:
                 clip_results = [self.clips.accept(chunk) for chunk in routed.clips]
                 records = [record for _, record in clip_results if record is not None]
                 result = self.store.store_ingest(routed.detections, routed.feedback, newest_statuses(routed.statuses),
-                                                 routed.rejected, records)
+                                                 routed.rejected, records, routed.tours)
                 break
             except (ServerStoreError, OSError) as exc:
                 self.stats.store_errors += 1
@@ -362,7 +362,8 @@ class Ingestor:
         client = self._client
         if client is None:
             return
-        sent = replies.publish_receipts(client, receipts_for(routed, result.detections, result.feedback, utc_now()))
+        sent = replies.publish_receipts(client, receipts_for(routed, result.detections, result.feedback, utc_now(),
+                                                             result.tours))
         self.stats.receipts_sent += sent
         self.metrics.receipts.inc(sent)
         self.stats.clips_complete += replies.publish_clip_acks(client, [ack for ack, _ in clip_results])
@@ -382,7 +383,7 @@ class Ingestor:
             metrics.latency.observe(waited)
             stats.latencies_s.append(waited)
         del stats.latencies_s[:-10_000]
-        for kind, outcomes in (("detection", result.detections), ("feedback", result.feedback)):
+        for kind, outcomes in (("detection", result.detections), ("feedback", result.feedback), ("tour", result.tours)):
             stored = sum(o in ("inserted", "updated") for o in outcomes)
             resent = sum(o == "unchanged" for o in outcomes)
             stats.stored += stored

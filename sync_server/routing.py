@@ -24,6 +24,7 @@ from device.contracts.feedback import parse_feedback
 from device.contracts.receipt import split_receipt
 from device.contracts.status import parse_status, rank
 from device.contracts.topics import parse_topic
+from device.contracts.tour import parse_tour, payload_delivery_id
 from device.domain import Receipt, Refusal, Status
 from sync_server.db.records import Rejected
 
@@ -44,6 +45,7 @@ class Routed:
 
     detections: list[dict] = field(default_factory=list)
     feedback: list[dict] = field(default_factory=list)
+    tours: list[dict] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
     clips: list[ClipChunk] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
@@ -61,6 +63,8 @@ def route(message: Incoming, routed: Routed) -> None:
             checked = parse_status(message.payload)
         elif kind == "clip":
             checked = parse_chunk(message.payload)
+        elif kind == "tour":
+            checked = parse_tour(message.payload)
         else:  # a device publishing on a downstream topic: the ACL should have refused it
             raise ValueError(f"topic {message.topic!r}: devices do not publish {kind}s")
         sender = checked.device_id if isinstance(checked, (Status, ClipChunk)) else checked["device_id"]
@@ -75,6 +79,8 @@ def route(message: Incoming, routed: Routed) -> None:
         routed.feedback.append(checked)
     elif kind == "clip":
         routed.clips.append(checked)
+    elif kind == "tour":
+        routed.tours.append(checked)
     else:
         routed.statuses.append(checked)
 
@@ -98,16 +104,20 @@ def newest_statuses(statuses: Sequence[Status]) -> list[Status]:
 
 
 def receipts_for(routed: Routed, detection_outcomes: Sequence[str], feedback_outcomes: Sequence[str],
-                 issued_on: datetime) -> list[Receipt]:
+                 issued_on: datetime, tour_outcomes: Sequence[str] = ()) -> list[Receipt]:
     """The receipts to publish once `routed` is committed: per device, every id now stored
     (resends too: the device may have missed the first receipt), and, as refused, the ids the
-    store will never take ('foreign': another device owns that id)."""
+    store will never take ('foreign': another device owns that id). A tour message is named by
+    its state's `delivery_id` (device/contracts/tour.py says why), a stale start merged into an
+    ended tour included: the device stops resending it."""
     stored: dict[str, dict[str, list[str]]] = {}
     refused: dict[str, list[Refusal]] = {}
-    for kind, payloads, outcomes, key in (("detection", routed.detections, detection_outcomes, "detection_id"),
-                                          ("feedback", routed.feedback, feedback_outcomes, "feedback_id")):
+    for kind, payloads, outcomes, id_of in (
+            ("detection", routed.detections, detection_outcomes, lambda p: p["detection_id"]),
+            ("feedback", routed.feedback, feedback_outcomes, lambda p: p["feedback_id"]),
+            ("tour", routed.tours, tour_outcomes, payload_delivery_id)):
         for payload, outcome in zip(payloads, outcomes, strict=True):
-            device_id, record_id = payload["device_id"], payload[key]
+            device_id, record_id = payload["device_id"], id_of(payload)
             if outcome == "foreign":
                 refused.setdefault(device_id, []).append(
                     Refusal(kind, record_id, f"{kind} {record_id} is already stored for another device"))

@@ -265,7 +265,7 @@ class Client5:
 
 
 class FakeIngest:
-    """Plays the server in tests: takes every device's detections and feedback (as the shared
+    """Plays the server in tests: takes every device's detections, feedback and tours (as the shared
     subscription `$share/<group>/...` when `share_group` is given) and, while `auto` is on,
     answers each with a receipt naming it as stored (`device.contracts.receipt.receipt_to_json`,
     QoS 1 on explorer/<device id>/receipt), as the real ingest does after its commit.
@@ -281,7 +281,7 @@ class FakeIngest:
         self._lock = threading.Lock()
         self.client = Client5(broker, username, password, ca)
         self.client.on_message = self._take
-        for kind in ("detection", "feedback"):
+        for kind in ("detection", "feedback", "tour"):
             granted = self.client.subscribe(subscription(kind, share_group))
             if granted != ["Granted QoS 1"]:
                 raise RuntimeError(f"fake ingest: subscription to {kind} refused: {granted}")
@@ -290,10 +290,14 @@ class FakeIngest:
         from device.contracts.detection import parse_payload
         from device.contracts.feedback import parse_feedback
         from device.contracts.topics import parse_topic
+        from device.contracts.tour import parse_tour, payload_delivery_id
 
         device_id, kind = parse_topic(topic)
-        checked = parse_payload(payload) if kind == "detection" else parse_feedback(payload)
-        record_id = checked["detection_id"] if kind == "detection" else checked["feedback_id"]
+        if kind == "tour":  # receipted by the state's delivery id, as the real ingest does
+            record_id = payload_delivery_id(parse_tour(payload))
+        else:
+            checked = parse_payload(payload) if kind == "detection" else parse_feedback(payload)
+            record_id = checked["detection_id"] if kind == "detection" else checked["feedback_id"]
         with self._lock:
             self.records.append((device_id, kind, record_id))
         if self.auto:

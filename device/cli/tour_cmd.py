@@ -10,14 +10,17 @@ import json
 
 import click
 
-from device.cli.common import home_of
+from device.cli.common import home_of, settings_of
 
 
-def _open_store(ctx: click.Context):
+def _open_store(ctx: click.Context, reporting: bool = False):
+    """The device's store; `reporting` (starting or stopping a tour) opens it with the [device]
+    settings, so the tour is reported as this device."""
     from device.store import Store, StoreError
 
+    device = settings_of(ctx).device if reporting else None
     try:
-        return Store.open(home_of(ctx).database)
+        return Store.open(home_of(ctx).database, device=device)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -61,7 +64,7 @@ def start(ctx: click.Context, name: str | None, guide: str | None) -> None:
     """
     from device.store import StoreError
 
-    with _open_store(ctx) as store:
+    with _open_store(ctx, reporting=True) as store:
         try:
             started = store.start_tour(name=name, guide=guide)
         except (StoreError, ValueError) as exc:
@@ -81,7 +84,7 @@ def stop(ctx: click.Context) -> None:
     """
     from device.store import StoreError
 
-    with _open_store(ctx) as store:
+    with _open_store(ctx, reporting=True) as store:
         try:
             stopped = store.stop_tour()
         except StoreError as exc:

@@ -4,6 +4,7 @@
 - `detection`: the payload a device publishes for each closed detection;
 - `feedback`: a guide's verdict on a detection;
 - `status`: a device's retained state (and its last will);
+- `tour`: a tour started or ended;
 - `receipt`: what the server committed, published back to the device (only then is a
   message delivered).
 

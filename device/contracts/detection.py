@@ -5,9 +5,10 @@ never the dataclass serialised wholesale), written by `payload_to_json`, and rea
 the server by `parse_payload`, which trusts nothing: anyone on the broker can publish.
 
 The field names and types are frozen by tests/device/contracts/test_detection_contract.py;
-read its header before changing anything here. Schema 1 (JSON object, every field required):
+read its header before changing anything here. Schema 2 (JSON object, every field required),
+what this release sends:
 
-    schema           int, 1
+    schema           int, 2
     detection_id     str, canonical lowercase UUID: the server upserts on it, so a resend
                      (the outbox retries until it gets a PUBACK) never duplicates a row
     device_id        str, checks.DEVICE_ID_RULE: 1-64 of A-Z a-z 0-9 . _ : -, starting
@@ -28,6 +29,17 @@ read its header before changing anything here. Schema 1 (JSON object, every fiel
     source           str, what the audio came from (file path or "mic:<device>"), "" if unknown
     window_count     int >= 1
     secondary        bool
+    site             str | null, at most MAX_SITE_CHARS (the device's `[device] site`)
+    latitude         float in [-90, 90] | null     decimal degrees, WGS84; latitude and
+    longitude        float in [-180, 180] | null   longitude are both null or both set
+    coordinate_uncertainty_m   float in (0, MAX_UNCERTAINTY_M] | null: metres; null when the
+                     coordinates are (an uncertainty of nothing means nothing)
+
+Schema 1 (releases before site and coordinates) is schema 2 without its last four fields; the
+server reads both (`parse_payload` gives a schema-1 payload those four as null, keeping its
+`schema` 1), so devices not yet upgraded keep delivering. A device of this release must not
+send to a server older than it (that server refuses schema 2 as "not a schema this version
+reads"): upgrade the server first.
 """
 
 from __future__ import annotations
@@ -55,7 +67,10 @@ from device.contracts.checks import (
 )
 from device.domain import Detection, iso_utc, parse_iso_utc
 
-SCHEMA = 1
+SCHEMA = 2
+"""What this release sends."""
+SCHEMAS_READ = (1, 2)
+"""What `parse_payload` accepts."""
 
 MAX_PAYLOAD_BYTES = 16_384
 """A real detection with eight branches encodes to under 2 KiB; 16 KiB leaves headroom while
@@ -69,6 +84,10 @@ MAX_SOURCE_CHARS = 1024
 MAX_OFFSET_S = 10 * 365 * 24 * 3600.0
 """Offsets beyond ten years of continuous audio are corrupt, not long recordings."""
 MAX_WINDOW_COUNT = 10_000_000
+MAX_SITE_CHARS = 128
+"""A site is a reserve's or a station's name: 128 characters is far more than any needs."""
+MAX_UNCERTAINTY_M = 20_037_509.0
+"""Half the Earth's circumference: Darwin Core's largest meaningful coordinate uncertainty."""
 
 TOPIC_TEMPLATE = "explorer/{device_id}/detection"
 """Where a device publishes its detections; the device id in the topic lets the broker's
@@ -96,7 +115,15 @@ FIELDS: dict[str, str] = {
     "source": "source",
     "window_count": "count",
     "secondary": "bool",
+    "site": "site|null",
+    "latitude": "latitude|null",
+    "longitude": "longitude|null",
+    "coordinate_uncertainty_m": "uncertainty|null",
 }
+PLACE_FIELDS = ("site", "latitude", "longitude", "coordinate_uncertainty_m")
+"""The fields schema 2 added (null in a schema-1 payload as parsed)."""
+FIELDS_V1: dict[str, str] = {name: kind for name, kind in FIELDS.items() if name not in PLACE_FIELDS}
+"""Schema 1's fields, frozen: what devices not yet upgraded send."""
 
 
 def detection_topic(device_id: str) -> str:
@@ -129,8 +156,19 @@ def _wire_source(source: str) -> str:
     return source
 
 
+def _wire_site(site: str | None) -> str | None:
+    """A site as the wire carries it: blank is null, control characters become spaces."""
+    if site is None:
+        return None
+    return CONTROL_CHARS.sub(" ", site).strip() or None
+
+
+def _wire_number(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def detection_to_payload(det: Detection, labels_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The schema-1 payload for a detection.
+    """The schema-2 payload for a detection.
 
     Args:
         det: the detection (its final state, when sent from the outbox).
@@ -164,6 +202,10 @@ def detection_to_payload(det: Detection, labels_meta: Mapping[str, Any] | None =
         "source": _wire_source(det.source),
         "window_count": int(det.window_count),
         "secondary": bool(det.secondary),
+        "site": _wire_site(det.site),
+        "latitude": _wire_number(det.latitude),
+        "longitude": _wire_number(det.longitude),
+        "coordinate_uncertainty_m": _wire_number(det.coordinate_uncertainty_m),
     }
     return validate_payload(payload)
 
@@ -176,6 +218,9 @@ def payload_to_json(payload: Mapping[str, Any]) -> str:
 def parse_payload(data: bytes | str) -> dict[str, Any]:
     """Decode and validate a received payload; return it as a dict of checked values.
 
+    A schema-1 payload comes back with the schema-2 fields it lacks as null (and `schema` 1),
+    so every reader sees one shape.
+
     Raises:
         ValueError: naming the first problem: oversize, not UTF-8, not JSON, NaN, a
             duplicate or unknown key, a missing field, a wrong type, an out-of-range value.
@@ -184,13 +229,31 @@ def parse_payload(data: bytes | str) -> dict[str, Any]:
 
 
 def validate_payload(raw: Any) -> dict[str, Any]:
-    """Check a decoded payload field by field; return a normalised copy (floats as float)."""
-    checked = check_object(raw, "payload", SCHEMA, _FIELD_CHECKS)
+    """Check a decoded payload (schema 1 or 2) field by field; return a normalised copy (floats
+    as float; a schema-1 payload completed with null place fields)."""
+    if isinstance(raw, dict) and "schema" in raw and not (type(raw["schema"]) is int and raw["schema"] in SCHEMAS_READ):
+        raise ValueError(f"payload.schema: {raw['schema']!r} is not a schema this version reads "
+                         f"({' or '.join(map(str, SCHEMAS_READ))})")
+    if isinstance(raw, dict) and raw.get("schema") == 1:
+        checked = check_object(raw, "payload", 1, _FIELD_CHECKS_V1)
+        checked.update(dict.fromkeys(PLACE_FIELDS))
+    else:
+        checked = check_object(raw, "payload", SCHEMA, _FIELD_CHECKS)
+        _check_place(checked)
     if parse_iso_utc(checked["ended_on"]) < parse_iso_utc(checked["started_on"]):
         raise ValueError(f"payload.ended_on: {checked['ended_on']} is before started_on {checked['started_on']}")
     if checked["end_s"] < checked["start_s"]:
         raise ValueError(f"payload.end_s: {checked['end_s']} is before start_s {checked['start_s']}")
     return checked
+
+
+def _check_place(checked: Mapping[str, Any]) -> None:
+    if (checked["latitude"] is None) != (checked["longitude"] is None):
+        given = "latitude" if checked["longitude"] is None else "longitude"
+        missing = "longitude" if given == "latitude" else "latitude"
+        raise ValueError(f"payload.{missing}: null while {given} is set (both or neither)")
+    if checked["coordinate_uncertainty_m"] is not None and checked["latitude"] is None:
+        raise ValueError("payload.coordinate_uncertainty_m: set while latitude and longitude are null")
 
 
 _check_count = between(check_int, 1, MAX_WINDOW_COUNT)
@@ -199,6 +262,21 @@ _check_offset = between(check_number, 0.0, MAX_OFFSET_S, " s")
 
 def _check_name(value: Any, where: str) -> str:
     return check_text(value, where, MAX_NAME_CHARS)
+
+
+def check_site(value: Any, where: str) -> str:
+    return check_text(value, where, MAX_SITE_CHARS)
+
+
+def _check_uncertainty(value: Any, where: str) -> float:
+    value = check_number(value, where)
+    if not 0.0 < value <= MAX_UNCERTAINTY_M:
+        raise ValueError(f"{where}: {value} m is outside (0, {MAX_UNCERTAINTY_M:.12g}]")
+    return value
+
+
+check_latitude = between(check_number, -90.0, 90.0, "°")
+check_longitude = between(check_number, -180.0, 180.0, "°")
 
 
 def _check_source(value: Any, where: str) -> str:
@@ -233,6 +311,11 @@ _CHECKS = {
     "source": _check_source,
     "count": _check_count,
     "bool": check_bool,
+    "site|null": nullable(check_site),
+    "latitude|null": nullable(check_latitude),
+    "longitude|null": nullable(check_longitude),
+    "uncertainty|null": nullable(_check_uncertainty),
 }
 _FIELD_CHECKS = {name: _CHECKS[kind] for name, kind in FIELDS.items()}
 """Each field's check, in FIELDS order (built once: the server checks thousands a second)."""
+_FIELD_CHECKS_V1 = {name: _CHECKS[kind] for name, kind in FIELDS_V1.items()}

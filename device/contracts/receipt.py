@@ -11,8 +11,9 @@ anything. Schema 1 (JSON object, every field required):
     schema      int, 1
     device_id   str, the device the receipt is for (must be its topic's device)
     issued_on   str, ISO-8601 UTC ending in Z
-    stored      object, kind -> list of canonical UUIDs: "detection" (detection ids) and
-                "feedback" (feedback ids); a kind with nothing stored may be left out
+    stored      object, kind -> list of canonical UUIDs: "detection" (detection ids),
+                "feedback" (feedback ids) and "tour" (`tour.delivery_id`s: one per state of a
+                tour); a kind with nothing stored may be left out
     refused     list of {"kind", "id", "reason"}: messages the server will never store (a
                 detection id another device owns, say); the device stops resending them
 
@@ -32,8 +33,10 @@ from device.contracts.topics import topic
 from device.domain import Receipt, Refusal, iso_utc, parse_iso_utc
 
 SCHEMA = 1
-KINDS = ("detection", "feedback")
-"""What a receipt can confirm: the records a device sends through its outbox."""
+KINDS = ("detection", "feedback", "tour")
+"""What a receipt can confirm: the records a device sends through its outbox. "tour" came after
+the first release; a receipt names only what its device sent, and only a release that sends
+tours receives one with tours in it, so older devices never meet the kind they would refuse."""
 MAX_IDS = 500
 """Ids per receipt: one ingest batch's worth for one device, ~20 KB of JSON."""
 MAX_REASON_CHARS = 500

@@ -7,6 +7,7 @@
     explorer/<device id>/clip        device -> server   a chunk of a clip (clip.py)
     explorer/<device id>/clip-ack    server -> device   how much of a clip the server holds
     explorer/<device id>/clip-request server -> device  retained: the clips the server wants
+    explorer/<device id>/tour        device -> server   a tour started or ended (tour.py)
 
 The device id sits in the topic so the broker's ACL can tie each device's credentials to its
 own branch of the tree (deploy/broker/acl: `pattern write explorer/%u/detection`, `pattern read
@@ -18,7 +19,7 @@ from __future__ import annotations
 from device.contracts.checks import check_device_id
 
 ROOT = "explorer"
-UPSTREAM = ("detection", "feedback", "status", "clip")
+UPSTREAM = ("detection", "feedback", "status", "clip", "tour")
 """What a device publishes (and the ingest subscribes to)."""
 DOWNSTREAM = ("receipt", "clip-ack", "clip-request")
 """What the server publishes to one device."""

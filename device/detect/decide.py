@@ -52,7 +52,10 @@ class Decider:
 
     def decide(self, prediction: Prediction) -> list[Heard]:
         """Labels heard in the window, primary first, then secondaries by descending score."""
-        scores = prediction.scores
+        return self.heard(prediction.scores)
+
+    def heard(self, scores: np.ndarray) -> list[Heard]:
+        """`decide` on a window's fused scores alone (the server's /analyze has no Prediction)."""
         finite = np.isfinite(scores)
         over = np.flatnonzero(finite & (np.where(finite, scores, -np.inf) >= self.thresholds))
         if len(over) == 0:

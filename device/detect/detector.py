@@ -2,7 +2,7 @@
 
 The live pipeline and the watch folder both turn predictions into detection events the same
 way: the bundle's thresholds with the device's overrides and floor, and events stamped with
-the device, the bundle and the tour. This is that wiring; each caller only pushes predictions.
+the device (its id, site and coordinates), the bundle and the tour. This is that wiring; each caller only pushes predictions.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Detector:
     def for_engine(cls, engine, settings: Settings, tour_id: str | None = None) -> "Detector":
         """The detector for a run of `engine` (a loaded `device.engine.engine.Engine`) on this device."""
         manifest = engine.manifest
-        stamp = EventStamp(settings.device.id, manifest.name, manifest.version, engine.bundle.sha256, tour_id)
+        stamp = EventStamp.for_device(settings.device, manifest.name, manifest.version, engine.bundle.sha256, tour_id)
         return cls(manifest, settings.detection, stamp)
 
     @property

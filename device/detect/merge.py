@@ -41,6 +41,21 @@ class EventStamp:
     bundle_version: str
     bundle_sha256: str
     tour_id: str | None = None
+    site: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    coordinate_uncertainty_m: float | None = None
+    """Where the device is (`[device]`; see `EventStamp.for_device`)."""
+
+    @classmethod
+    def for_device(cls, device, bundle_name: str, bundle_version: str, bundle_sha256: str,
+                   tour_id: str | None = None) -> "EventStamp":
+        """The stamp of a run on the device `device` (its `[device]` settings): its id, site and
+        coordinates, and the coordinates' uncertainty only with coordinates to qualify."""
+        placed = device.latitude is not None and device.longitude is not None
+        return cls(device.id, bundle_name, bundle_version, bundle_sha256, tour_id, site=(device.site or "").strip() or None,
+                   latitude=device.latitude if placed else None, longitude=device.longitude if placed else None,
+                   coordinate_uncertainty_m=device.coordinate_uncertainty_m if placed else None)
 
 
 class EventMerger:
@@ -70,6 +85,10 @@ class EventMerger:
             end_s=window.end_s,
             secondary=not heard.primary,
             peak_start_s=window.start_s,
+            site=self.stamp.site,
+            latitude=self.stamp.latitude,
+            longitude=self.stamp.longitude,
+            coordinate_uncertainty_m=self.stamp.coordinate_uncertainty_m,
         )
         return OpenEvent(detection, window.samples, window.sample_rate_hz)
 

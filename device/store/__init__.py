@@ -1,6 +1,7 @@
 """The device's local log: tours, detections, clips, feedback and the outbox, in one SQLite file.
 
-Use `Store.open(home.database)`; one Store per thread (see device.store.store).
+Use `Store.open(home.database)` (with `device=settings.device` where tours are started or
+stopped, so they are reported as this device); one Store per thread (see device.store.store).
 """
 
 from device.store.bundles import LabelCatalog, LabelInfo

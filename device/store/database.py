@@ -291,6 +291,77 @@ def add_clip_upload(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@migration(4)
+def add_places_and_tour_messages(db: sqlite_utils.Database) -> None:
+    """Where the device was, and tours reported to the server (detection payload schema 2, the
+    tour message: device/contracts/detection.py, tour.py).
+
+    `detection` gains `site`, `latitude`, `longitude`, `coordinate_uncertainty_m` (NULL for
+    detections logged before: their device did not record places, and nothing invents one).
+    `tour` gains the device it was walked with and that device's place when it started, so
+    the message sent at its end says what the one sent at its start said.
+
+    `outbox_message.kind` must now also allow 'tour', and SQLite cannot change a CHECK in
+    place, so the table is rebuilt: a copy with the wider CHECK, then the old dropped and the
+    copy renamed. Foreign keys stay on (they cannot be switched off inside the migration's
+    transaction) and dropping `outbox_message` would cascade to its attempts, so
+    `outbox_attempt` is rebuilt the same way first, its copy referencing the new table; the
+    drops then cascade to nothing, and every message, attempt and state is kept (tested:
+    tests/device/store/test_places_migration.py).
+    """
+    statements = [
+        "ALTER TABLE detection ADD COLUMN site TEXT",
+        "ALTER TABLE detection ADD COLUMN latitude REAL CHECK (latitude BETWEEN -90 AND 90)",
+        "ALTER TABLE detection ADD COLUMN longitude REAL CHECK (longitude BETWEEN -180 AND 180)",
+        "ALTER TABLE detection ADD COLUMN coordinate_uncertainty_m REAL CHECK (coordinate_uncertainty_m > 0)",
+        "ALTER TABLE tour ADD COLUMN device_id TEXT",
+        "ALTER TABLE tour ADD COLUMN site TEXT",
+        "ALTER TABLE tour ADD COLUMN latitude REAL CHECK (latitude BETWEEN -90 AND 90)",
+        "ALTER TABLE tour ADD COLUMN longitude REAL CHECK (longitude BETWEEN -180 AND 180)",
+        """CREATE TABLE outbox_message_new (
+            message_id TEXT PRIMARY KEY NOT NULL,
+            detection_id TEXT REFERENCES detection (detection_id),
+            topic TEXT NOT NULL,
+            payload TEXT NOT NULL CHECK (json_valid(payload)),
+            created_on TEXT NOT NULL,
+            kind TEXT NOT NULL DEFAULT 'detection' CHECK (kind IN ('detection', 'feedback', 'tour')),
+            record_id TEXT NOT NULL DEFAULT '',
+            confirmed_on TEXT,
+            refused_on TEXT,
+            refused_reason TEXT
+        )""",
+        """INSERT INTO outbox_message_new (message_id, detection_id, topic, payload, created_on, kind, record_id,
+                                          confirmed_on, refused_on, refused_reason)
+           SELECT message_id, detection_id, topic, payload, created_on, kind, record_id, confirmed_on, refused_on,
+                  refused_reason
+           FROM outbox_message ORDER BY rowid""",
+        """CREATE TABLE outbox_attempt_new (
+            attempt_id TEXT PRIMARY KEY NOT NULL,
+            message_id TEXT NOT NULL REFERENCES outbox_message_new (message_id) ON DELETE CASCADE,
+            attempted_on TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            result TEXT NOT NULL CHECK (result IN ('SUCCESS', 'FAILURE')),
+            detail TEXT
+        )""",
+        """INSERT INTO outbox_attempt_new (attempt_id, message_id, attempted_on, destination, result, detail)
+           SELECT attempt_id, message_id, attempted_on, destination, result, detail FROM outbox_attempt ORDER BY rowid""",
+        "DROP TABLE outbox_attempt",
+        "DROP TABLE outbox_message",
+        # The rename also rewrites outbox_attempt_new's REFERENCES to the final name.
+        "ALTER TABLE outbox_message_new RENAME TO outbox_message",
+        "ALTER TABLE outbox_attempt_new RENAME TO outbox_attempt",
+        "CREATE INDEX outbox_message_detection_id ON outbox_message (detection_id)",
+        "CREATE INDEX outbox_message_created_on ON outbox_message (created_on)",
+        "CREATE INDEX outbox_message_record ON outbox_message (kind, record_id)",
+        "CREATE INDEX outbox_message_open ON outbox_message (created_on) "
+        "WHERE confirmed_on IS NULL AND refused_on IS NULL",
+        "CREATE INDEX outbox_message_confirmed_on ON outbox_message (confirmed_on) WHERE confirmed_on IS NOT NULL",
+        "CREATE INDEX outbox_attempt_message_id ON outbox_attempt (message_id, result, destination)",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 def _bookkeeping_table(db: sqlite_utils.Database) -> None:
     db.execute(
         """CREATE TABLE IF NOT EXISTS schema_migration (

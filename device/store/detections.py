@@ -34,12 +34,22 @@ _DETECTION_COLUMNS = (
     "detection_id", "device_id", "tour_id", "label", "started_on", "ended_on", "start_s", "end_s",
     "peak_start_s", "confidence", "branch_scores", "bundle_name", "bundle_version", "bundle_sha256",
     "source", "window_count", "secondary", "status", "close_reason", "created_on", "updated_on", "closed_on",
+    "site", "latitude", "longitude", "coordinate_uncertainty_m",
 )  # fmt: skip
-_UPSERT = "INSERT INTO detection ({cols}) VALUES ({marks}) ON CONFLICT (detection_id) DO UPDATE SET {updates}".format(
-    cols=", ".join(_DETECTION_COLUMNS),
-    marks=", ".join("?" for _ in _DETECTION_COLUMNS),
-    updates=", ".join(f"{c} = excluded.{c}" for c in _DETECTION_COLUMNS if c not in ("detection_id", "created_on")),
-)
+PLACE_COLUMNS = ("site", "latitude", "longitude", "coordinate_uncertainty_m")
+"""The columns migration 4 added (the last of _DETECTION_COLUMNS)."""
+
+
+def upsert_sql(columns: tuple[str, ...]) -> str:
+    """The INSERT ... ON CONFLICT DO UPDATE that writes these columns of a detection row."""
+    return "INSERT INTO detection ({cols}) VALUES ({marks}) ON CONFLICT (detection_id) DO UPDATE SET {updates}".format(
+        cols=", ".join(columns),
+        marks=", ".join("?" for _ in columns),
+        updates=", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("detection_id", "created_on")),
+    )
+
+
+_UPSERT = upsert_sql(_DETECTION_COLUMNS)
 
 
 def _finite(value: float, name: str, det: Detection) -> float:
@@ -94,6 +104,10 @@ def detection_to_row(det: Detection, *, status: str = "open", now: datetime | No
         "created_on": stamp,
         "updated_on": stamp,
         "closed_on": stamp if closed else None,
+        "site": det.site,
+        "latitude": det.latitude,
+        "longitude": det.longitude,
+        "coordinate_uncertainty_m": det.coordinate_uncertainty_m,
     }
 
 
@@ -118,6 +132,10 @@ def row_to_detection(row: dict) -> Detection:
         detection_id=row["detection_id"],
         secondary=bool(row["secondary"]),
         peak_start_s=row["peak_start_s"],
+        site=row.get("site"),
+        latitude=row.get("latitude"),
+        longitude=row.get("longitude"),
+        coordinate_uncertainty_m=row.get("coordinate_uncertainty_m"),
     )
 
 

@@ -36,7 +36,7 @@ MAX_DETAIL_CHARS = 2_000
 """An attempt's detail is a broker's error string; cap it so a looping failure cannot fill the disk."""
 RECEIPT_TIMEOUT_S: float = SyncSettings.receipt_timeout_s
 """The default receipt timeout, `[sync] receipt_timeout_s` (the reason lives there)."""
-KINDS = ("detection", "feedback")
+KINDS = ("detection", "feedback", "tour")
 """What an outbox message carries: the kinds a receipt confirms."""
 START = ("", 0)
 """The position before every message (see `OutboxMessage.position`)."""
@@ -79,7 +79,8 @@ class OutboxMessage:
     """Attempts made so far, to any destination (for back-off)."""
     kind: str = "detection"
     record_id: str = ""
-    """The id a receipt names for it: the detection's id, or the verdict's (feedback) id."""
+    """The id a receipt names for it: the detection's id, the verdict's (feedback) id, or the
+    tour state's delivery id."""
     position: tuple[str, int] = START
     """Where it sits in send order (its created_on text and rowid): pass the last one a query
     returned as `after` to read on from there."""
@@ -133,8 +134,9 @@ def enqueue(db: sqlite_utils.Database, topic: str, payload: str, detection_id: s
 
     Args:
         detection_id: the detection the message is about.
-        kind: 'detection' or 'feedback'.
-        record_id: the id receipts will name; a detection's message defaults to its detection id.
+        kind: 'detection', 'feedback' or 'tour'.
+        record_id: the id receipts will name; a detection's message defaults to its detection id
+            (a verdict's is its feedback id, a tour's its `device.contracts.tour.delivery_id`).
 
     Raises:
         ValueError: an unknown kind, or no record id.

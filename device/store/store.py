@@ -32,21 +32,29 @@ T = TypeVar("T")
 class Store:
     """The device's local log. Create with `Store.open(path)`; close it, or use `with`."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path):
+    def __init__(self, db: sqlite_utils.Database, path: Path, device=None):
         self.db = db
         """The sqlite-utils Database (for read-only queries the methods do not cover)."""
         self.path = path
+        self.device = device
+        """The device's `[device]` settings (`device.config.DeviceSettings`), or None: who
+        the tours started through this store are reported as (see device/store/tours.py)."""
         self._closed = False
 
     @classmethod
-    def open(cls, path: Path | str) -> "Store":
+    def open(cls, path: Path | str, device=None) -> "Store":
         """Open (creating and migrating if needed) the database at `path`.
+
+        Args:
+            device: the device's `[device]` settings: the id and place its tours are reported
+                with. Without them tours are recorded but not reported until a store that has
+                them stops the tour (every command that starts or stops tours passes them).
 
         Raises:
             StoreError: not a database, unwritable, or written by a newer release.
         """
         path = Path(path)
-        return cls(connect(path), path)
+        return cls(connect(path), path, device)
 
     def close(self) -> None:
         """Close the connection (from the thread that opened it); closing twice is harmless."""
@@ -79,12 +87,14 @@ class Store:
     # Tours -------------------------------------------------------------------------
 
     def start_tour(self, name: str | None = None, guide: str | None = None) -> tours.Tour:
-        """Start a tour. Raises `TourActiveError` (naming it) while another is active."""
-        return self._write("starting a tour", tours.start_tour, name, guide)
+        """Start a tour and queue its message (as this store's `device`). Raises
+        `TourActiveError` (naming it) while another is active."""
+        return self._write("starting a tour", tours.start_tour, name, guide, self.device)
 
     def stop_tour(self, tour_id: str | None = None) -> tours.Tour:
-        """End the active tour, or the one named. Raises `StoreError` when there is none to stop."""
-        return self._write("stopping a tour", tours.stop_tour, tour_id)
+        """End the active tour, or the one named, and queue its message. Raises `StoreError`
+        when there is none to stop."""
+        return self._write("stopping a tour", tours.stop_tour, tour_id, self.device)
 
     def active_tour(self) -> tours.Tour | None:
         return self._read("reading the active tour", tours.active_tour)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from device.contracts.checks import encode_json
@@ -53,11 +53,12 @@ class RejectedRecord:
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What one committed batch did: an outcome per detection and per verdict, in order
-    ('inserted', 'updated', 'unchanged' or 'foreign'; see sync_server/db/upsert.py)."""
+    """What one committed batch did: an outcome per detection, per verdict and per tour message,
+    in order ('inserted', 'updated', 'unchanged' or 'foreign'; see sync_server/db/upsert.py)."""
 
     detections: list[str]
     feedback: list[str]
+    tours: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,24 @@ def feedback_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {name: payload[name] for name in FEEDBACK_COLUMNS}
 
 
+TOUR_COLUMNS = ("tour_id", "device_id", "name", "guide", "started_on", "ended_on", "site", "latitude", "longitude")
+"""The columns a tour payload fills (device/contracts/tour.py): all of it."""
+
+
+def tour_row(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a tour row, from a payload `parse_tour` has checked."""
+    return {name: payload[name] for name in TOUR_COLUMNS}
+
+
+def later_tour_state(stored: Mapping[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """What a tour message makes of the stored tour (`Keyed.merge`): an ended tour stays ended.
+    A tour is reported as started, then as ended; the start may arrive after the end (resent
+    past its receipt timeout, or taken by another worker), and must not make it under way again."""
+    if row["ended_on"] is None and stored["ended_on"] is not None:
+        return dict(row, ended_on=stored["ended_on"])
+    return row
+
+
 def status_row(status: Status, received_on: str) -> dict[str, Any]:
     """The device_status row for a checked status (its whole payload kept as JSON text)."""
     payload = status_to_payload(status)
@@ -113,8 +132,8 @@ def rejected_row(rejected: Rejected, received_on: str) -> dict[str, Any]:
 
 
 def foreign_rejection(kind: str, payload: Mapping[str, Any], owner: str) -> Rejected:
-    """The record of a device claiming a `kind` ('detection', 'feedback') id another device's
-    record holds."""
+    """The record of a device claiming a `kind` ('detection', 'feedback', 'tour') id another
+    device's record holds."""
     sender = payload["device_id"]
     reason = f"{kind} {payload[kind + '_id']} belongs to device {owner!r}, not {sender!r}"
     return Rejected(topic(sender, kind), reason, encode_json(payload).encode("utf-8"))

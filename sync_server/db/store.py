@@ -11,7 +11,7 @@ places, none of which branches the logic of a batch:
 - `SELECT ... FOR UPDATE`, which SQLAlchemy renders on PostgreSQL and leaves out on SQLite,
   where BEGIN IMMEDIATE already gives the transaction the only write lock on the file.
 
-How one batch is written (`store_ingest`, one transaction): detections and verdicts through
+How one batch is written (`store_ingest`, one transaction): detections, verdicts and tours through
 the one upsert of `sync_server.db.upsert` (read and lock what is stored, insert the new with
 ON CONFLICT DO NOTHING, compare the rest: safe with several ingest workers writing the same
 ids at once; read its docstring), the newest status per device where it is newer than the one
@@ -37,11 +37,12 @@ from sync_server.db.engine import READ_ONLY, Target, open_engine, parse_target
 from sync_server.db.errors import ServerStoreError, failures_named
 from device.domain import Status
 from sync_server.db.records import (
-    Counts, IngestResult, Rejected, RejectedRecord, detection_row, feedback_row, foreign_rejection, rejected_row,
-    status_row,
+    TOUR_COLUMNS, Counts, IngestResult, Rejected, RejectedRecord, detection_row, feedback_row, foreign_rejection,
+    later_tour_state, rejected_row, status_row, tour_row,
 )
 from sync_server.db.schema import (
     DETECTION_COLUMNS, FEEDBACK_COLUMNS, clip, create_schema, detection, device_status, feedback, rejected_message,
+    tour,
 )
 from sync_server.db.upsert import Keyed, LostRace, upsert
 
@@ -54,6 +55,9 @@ the same fresh ids in lockstep lose a race now and then; eight lost in a row wou
 something else is wrong."""
 DETECTIONS = Keyed(detection, "detection_id", DETECTION_COLUMNS, detection_row, sequence="seq")
 VERDICTS = Keyed(feedback, "feedback_id", FEEDBACK_COLUMNS, feedback_row)
+TOURS = Keyed(tour, "tour_id", TOUR_COLUMNS, tour_row, merge=later_tour_state)
+"""A tour's start and end are two states of one row: the end outranks the start, whichever
+arrives last (`later_tour_state`)."""
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
@@ -139,7 +143,8 @@ class ServerStore:
         return self.store_ingest(detections, (), (), rejected).detections
 
     def store_ingest(self, detections: Sequence[dict[str, Any]], verdicts: Sequence[dict[str, Any]],
-                     statuses: Sequence[Status], rejected: Sequence[Rejected], clips: Sequence[Any] = ()) -> IngestResult:
+                     statuses: Sequence[Status], rejected: Sequence[Rejected], clips: Sequence[Any] = (),
+                     tours: Sequence[dict[str, Any]] = ()) -> IngestResult:
         """Store one ingest batch in one transaction.
 
         Args:
@@ -149,9 +154,11 @@ class ServerStore:
             rejected: messages refused before reaching here, kept with their reasons.
             clips: `sync_server.clips.ClipRecord`s of clips now whole on disk (kept once:
                 a record seen again changes nothing).
+            tours: payloads `device.contracts.tour.parse_tour` has checked (a tour's end is
+                kept over its start, whatever order they come in).
 
         Returns:
-            An outcome per detection and per verdict, in order: 'inserted'; 'updated' (a newer
+            An outcome per detection, per verdict and per tour message, in order: 'inserted'; 'updated' (a newer
             state of a stored record); 'unchanged' (a resend: deliveries + 1, last_received_on
             now); 'foreign' (the id is stored for another device: left as it is, and the
             claim is recorded in rejected_message naming both devices).
@@ -162,12 +169,12 @@ class ServerStore:
             KeyError: a payload lacks a field (it was not checked); raised before writing.
         """
         doing = (f"could not store a batch of {len(detections)} detections, {len(verdicts)} verdicts, "
-                 f"{len(statuses)} statuses and {len(rejected)} refused messages")
+                 f"{len(tours)} tour messages, {len(statuses)} statuses and {len(rejected)} refused messages")
         with failures_named(self.label, doing):
             for attempt in range(1, ATTEMPTS + 1):
                 try:
                     with self._engine.begin() as connection:
-                        return self._write(connection, detections, verdicts, statuses, rejected, clips,
+                        return self._write(connection, detections, verdicts, tours, statuses, rejected, clips,
                                            iso_utc(utc_now()))
                 except (DBAPIError, LostRace) as exc:
                     if not _worth_retrying(exc):
@@ -178,11 +185,12 @@ class ServerStore:
                     self.retries += 1
         raise AssertionError("unreachable")
 
-    def _write(self, connection: Connection, detections, verdicts, statuses, rejected, clips,
+    def _write(self, connection: Connection, detections, verdicts, tours, statuses, rejected, clips,
                now: str) -> IngestResult:
         refused = list(rejected)
         outcomes = {}
-        for kind, keyed, payloads in (("detection", DETECTIONS, detections), ("feedback", VERDICTS, verdicts)):
+        for kind, keyed, payloads in (("detection", DETECTIONS, detections), ("feedback", VERDICTS, verdicts),
+                                      ("tour", TOURS, tours)):
             outcomes[kind] = upsert(connection, keyed, payloads, now)
             foreign = [p for p, outcome in zip(payloads, outcomes[kind]) if outcome == "foreign"]
             if foreign:
@@ -197,7 +205,7 @@ class ServerStore:
             connection.execute(statement, rows)
         if refused:
             connection.execute(insert(rejected_message), [rejected_row(item, now) for item in refused])
-        return IngestResult(outcomes["detection"], outcomes["feedback"])
+        return IngestResult(outcomes["detection"], outcomes["feedback"], outcomes["tour"])
 
     def _keep_newest_status(self, connection: Connection, status: Status, now: str) -> None:
         """Upsert a device's status unless the stored one outranks it: ordered by connection
@@ -261,6 +269,14 @@ class ServerStore:
         with self._reading("could not read the device statuses") as connection:
             rows = connection.execute(query).all()
         return {device_id: (parse_status(text), parse_iso_utc(received)) for device_id, text, received in rows}
+
+    def tours_held(self, device_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """tour id -> its row, for every tour devices reported (of one device, if given)."""
+        query = select(tour)
+        if device_id is not None:
+            query = query.where(tour.c.device_id == device_id)
+        with self._reading("could not read the tours") as connection:
+            return {row["tour_id"]: dict(row) for row in connection.execute(query).mappings()}
 
     def clips_held(self, device_id: str | None = None) -> dict[str, dict[str, Any]]:
         """clip id -> its row, for every clip the server holds whole (of one device, if given)."""

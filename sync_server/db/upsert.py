@@ -1,6 +1,6 @@
-"""Upserting records that devices send again and again: detections and the guides' verdicts.
+"""Upserting records that devices send again and again: detections, the guides' verdicts, tours.
 
-One algorithm for both tables (`Keyed` describes a table), safe with several ingest worker
+One algorithm for every such table (`Keyed` describes a table), safe with several ingest worker
 processes writing the same ids at the same moment, inside the caller's transaction:
 
 1. Read the stored rows for the batch's ids with `FOR UPDATE`, sorted by id (so two workers
@@ -63,6 +63,10 @@ class Keyed:
     """Builds those columns from a checked payload."""
     sequence: str | None = None
     """A column numbered at first insert in commit order (`next_sequence`), or None."""
+    merge: Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    """(stored row, incoming row) -> the row to compare and keep, for records whose states have
+    an order that arrival may not follow (a tour's end outranks its start); None: the incoming
+    row as it is."""
 
     @property
     def changeable(self) -> tuple[str, ...]:
@@ -116,6 +120,8 @@ def upsert(connection: Connection, keyed: Keyed, payloads: Sequence[Mapping[str,
         if stored["device_id"] != row["device_id"]:
             outcomes.append("foreign")
             continue
+        if keyed.merge is not None:
+            row = keyed.merge(stored, row)
         if all(stored[name] == row[name] for name in keyed.columns):
             outcomes.append("unchanged")
         else:

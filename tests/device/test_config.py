@@ -28,6 +28,15 @@ def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path):
     assert flagged.audio.hop_s == 2.5 and flagged.audio.microphone == "USB" and flagged.device.id == "guide-pi-07"
 
 
+def test_the_devices_place_is_read_with_its_uncertainty(tmp_path):
+    path = write(tmp_path, '[device]\nsite = "El Silencio Natural Reserve"\nlatitude = 6.23\nlongitude = -74.71\n'
+                           "coordinate_uncertainty_m = 100\n")
+    device = load_settings(path).device
+    assert (device.site, device.latitude, device.longitude, device.coordinate_uncertainty_m) == (
+        "El Silencio Natural Reserve", 6.23, -74.71, 100.0)
+    assert Settings().device.coordinate_uncertainty_m == 1000.0  # a carried device's beat (the docstring says why)
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
@@ -45,6 +54,12 @@ def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path):
         (f'[device]\nid = "{"p" * 65}"\n', "is not a device id"),
         ('[device]\nid = "-pi"\n', "starting with a letter or digit"),
         ('[sync]\nenabled = true\nhost = " "\n', "[sync] host: empty while [sync] enabled is true"),
+        ("[device]\nlatitude = 6.23\n", "[device] longitude: missing while [device] latitude is set"),
+        ("[device]\nlongitude = -74.71\n", "[device] latitude: missing while [device] longitude is set"),
+        ("[device]\ncoordinate_uncertainty_m = 0\n", "[device] coordinate_uncertainty_m: 0.0 must be above 0"),
+        ("[device]\ncoordinate_uncertainty_m = 3e7\n", "[device] coordinate_uncertainty_m: 30000000.0 is above"),
+        (f'[device]\nsite = "{"s" * 129}"\n', "[device] site: 129 characters is over the 128-character limit"),
+        ('[device]\nsite = "H\\u000202"\n', "[device] site: holds control characters"),
         ('[sync]\nenabled = true\ntls = true\nca_file = "/nonexistent/ca.crt"\n',
          "[sync] ca_file: /nonexistent/ca.crt is not a readable file (tls is on)"),
     ],

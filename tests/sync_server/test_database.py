@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from device.contracts.detection import detection_to_payload, parse_payload, payload_to_json
+from device.contracts.detection import PLACE_FIELDS, detection_to_payload, parse_payload, payload_to_json
 from device.domain import Detection, iso_utc
 from sync_server.db import Counts, Rejected, ServerStore, ServerStoreError
 from sync_server.db.records import REJECTED_HEAD_BYTES
@@ -122,7 +122,7 @@ def test_a_new_detection_then_a_resend_then_a_newer_state(server_db):
     assert {k: row[k] for k in ("device_id", "label", "confidence", "started_on", "start_s", "secondary", "deliveries",
                                 "tour_id", "schema")} == {
         "device_id": OWNER, "label": "21211", "confidence": 0.9, "started_on": "2026-04-20T07:40:00.000Z",
-        "start_s": 0.0, "secondary": 0, "deliveries": 1, "tour_id": None, "schema": 1}
+        "start_s": 0.0, "secondary": 0, "deliveries": 1, "tour_id": None, "schema": 2}  # what devices send now
     assert json.loads(row["branch_scores"]) == {"birdnet": 0.9, "frog_head": None}
     assert row["first_received_on"] == row["last_received_on"] and row["first_received_on"].endswith("Z")
 
@@ -443,10 +443,12 @@ def test_an_aggregate_db_written_by_the_first_server_opens_and_goes_on(tmp_path)
     db = tmp_path / "aggregate.db"
     old = sqlite3.connect(db)
     old.executescript(FIRST_SERVER_SCHEMA)
-    first = payload(0)
+    first = payload(0, schema=1)  # a device of the first server's time: schema 1, no place (parsed as nulls)
+    assert [first.pop(name) for name in PLACE_FIELDS] == [None] * 4
     row = dict(first, branch_scores=json.dumps(first["branch_scores"], sort_keys=True, allow_nan=False),
                secondary=int(first["secondary"]), first_received_on="2026-04-20T07:41:00.000Z",
                last_received_on="2026-04-20T07:41:00.000Z")
+    first = parse_payload(payload_to_json(first))  # its resend, as the ingest hands it on
     old.execute(f"INSERT INTO detection ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     old.execute("INSERT INTO rejected_message (received_on, topic, reason, size_bytes, payload_head) "
                 "VALUES ('2026-04-20T07:42:00.000Z', 'explorer/pi-h02/detection', 'not valid JSON', 9, '{not json')")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from tests.import_scan import REPO, imported_names, python_files, under
 
-CONTRACTS = {"device.contracts", "device.domain", "device.bundle", "device.engine", "device.analysis", "device.audio"}
+CONTRACTS = {"device.contracts", "device.domain", "device.bundle", "device.engine", "device.analysis", "device.audio",
+             "device.home", "device.detect.decide"}
 """What sync_server/ may import from device/ (docs/ARCHITECTURE.md, "Who may import whom"): the
-wire payloads, the domain objects, the bundle format, and for /analyze the same decoding,
-windows, engine and submission writer the Pi runs."""
+wire payloads, the domain objects, the bundle format, and for /analyze the same data-home
+layout, decoding, windows, engine, thresholds and submission writer the Pi runs."""
 
 
 def device_imports(path) -> set[str]:

@@ -1,4 +1,5 @@
-# CONTRACT TEST: the MQTT detection payload (device/contracts/detection.py), schema 1.
+# CONTRACT TEST: the MQTT detection payload (device/contracts/detection.py), schema 2 (and the
+# schema 1 that devices not yet upgraded still send).
 #
 # Every field name, its JSON type and the exact encoding of a known detection are frozen
 # here. Devices in the field and the sync server both speak this format, and a device may
@@ -12,6 +13,10 @@
 #   3. Update FROZEN_FIELDS, GOLDEN_JSON and detection.py's docstring together, and write a
 #      release note naming the field, its type and the schema number.
 # Never "fix" this test by copying the new output over the golden string.
+#
+# Schema 2 (issue 9) added site, latitude, longitude and coordinate_uncertainty_m, so the
+# researchers' exports know where each detection was heard. GOLDEN_JSON_V1 is schema 1 as the
+# first releases send it, frozen: the server must go on reading it.
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from device.bundle.manifest import Label
 from device.contracts import detection as wire
 from device.contracts.detection import detection_to_payload, detection_topic, parse_payload, payload_to_json
 from device.domain import Detection
+from tests.device.contracts.golden import DROP, varied
 
 FROZEN_FIELDS = {
     "schema": int,
@@ -47,9 +53,26 @@ FROZEN_FIELDS = {
     "source": str,
     "window_count": int,
     "secondary": bool,
+    "site": (str, type(None)),
+    "latitude": (float, type(None)),
+    "longitude": (float, type(None)),
+    "coordinate_uncertainty_m": (float, type(None)),
 }
+FROZEN_FIELDS_V1 = list(FROZEN_FIELDS)[:20]
+"""Schema 1: every field of schema 2 but the four places, in the same order."""
 
 GOLDEN_JSON = (
+    '{"branch_scores":{"birdnet":null,"perch":0.875},"bundle_name":"elsilencio-default",'
+    '"bundle_sha256":"' + "0123456789abcdef" * 4 + '","bundle_version":"1.0.0","class_name":"Aves",'
+    '"common_name":"Little Tinamou","confidence":0.875,"coordinate_uncertainty_m":1000.0,'
+    '"detection_id":"6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f",'
+    '"device_id":"pi-h02","end_s":15.0,"ended_on":"2023-04-20T07:40:15.000Z","label":"littin1",'
+    '"latitude":6.23,"longitude":-74.71,'
+    '"schema":2,"scientific_name":"Crypturellus soui","secondary":false,"site":"El Silencio Natural Reserve",'
+    '"source":"examples/H02_20230420_074000.ogg","start_s":5.0,"started_on":"2023-04-20T07:40:05.000Z",'
+    '"tour_id":"0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b","window_count":2}'
+)
+GOLDEN_JSON_V1 = (
     '{"branch_scores":{"birdnet":null,"perch":0.875},"bundle_name":"elsilencio-default",'
     '"bundle_sha256":"' + "0123456789abcdef" * 4 + '","bundle_version":"1.0.0","class_name":"Aves",'
     '"common_name":"Little Tinamou","confidence":0.875,"detection_id":"6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f",'
@@ -58,6 +81,7 @@ GOLDEN_JSON = (
     '"source":"examples/H02_20230420_074000.ogg","start_s":5.0,"started_on":"2023-04-20T07:40:05.000Z",'
     '"tour_id":"0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b","window_count":2}'
 )
+PLACE = dict(site="El Silencio Natural Reserve", latitude=6.23, longitude=-74.71, coordinate_uncertainty_m=1000.0)
 
 TINAMOU = Label("littin1", "Crypturellus soui", "Little Tinamou", "Aves")
 
@@ -69,7 +93,7 @@ def known_detection(**changes) -> Detection:
         branch_scores={"perch": 0.875, "birdnet": float("nan")}, bundle_name="elsilencio-default",
         bundle_version="1.0.0", bundle_sha256="0123456789abcdef" * 4, device_id="pi-h02",
         tour_id="0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b", source="examples/H02_20230420_074000.ogg",
-        start_s=5.0, end_s=15.0, window_count=2, detection_id="6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f",
+        start_s=5.0, end_s=15.0, window_count=2, detection_id="6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f", **PLACE,
     )  # fmt: skip
     values.update(changes)
     return Detection(**values)
@@ -85,13 +109,14 @@ def encode(data) -> bytes:
     return json.dumps(data).encode()
 
 
-def test_schema_version_is_1():
-    assert wire.SCHEMA == 1
+def test_schema_version_is_2_and_1_is_still_read():
+    assert wire.SCHEMA == 2 and wire.SCHEMAS_READ == (1, 2)
 
 
 def test_field_names_and_types_are_frozen():
     built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
     assert list(wire.FIELDS) == list(FROZEN_FIELDS)
+    assert list(wire.FIELDS_V1) == FROZEN_FIELDS_V1 and set(json.loads(GOLDEN_JSON_V1)) == set(FROZEN_FIELDS_V1)
     assert set(built) == set(FROZEN_FIELDS)
     for name, kind in FROZEN_FIELDS.items():
         assert isinstance(built[name], kind), name
@@ -106,6 +131,26 @@ def test_it_round_trips_through_parse_payload():
     built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
     assert parse_payload(payload_to_json(built).encode("utf-8")) == built
     assert parse_payload(GOLDEN_JSON) == built
+
+
+def test_a_schema_1_payload_from_a_device_not_yet_upgraded_reads_with_no_place():
+    parsed = parse_payload(GOLDEN_JSON_V1)
+    built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
+    assert parsed == dict(built, schema=1, site=None, latitude=None, longitude=None, coordinate_uncertainty_m=None)
+    assert list(parsed) == list(FROZEN_FIELDS)  # one shape for every reader, whatever the sender's schema
+    # Schema 1 is exactly its twenty fields: a place field in it is unknown, not half a schema 2.
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['site'\]"):
+        parse_payload(varied(GOLDEN_JSON_V1, site="H02"))
+    with pytest.raises(ValueError, match="payload.site: missing"):
+        parse_payload(varied(GOLDEN_JSON, schema=2, site=DROP))
+
+
+def test_a_device_with_no_coordinates_sends_nulls_and_no_uncertainty():
+    built = detection_to_payload(known_detection(site=None, latitude=None, longitude=None,
+                                                 coordinate_uncertainty_m=None))
+    assert [built[name] for name in wire.PLACE_FIELDS] == [None] * 4
+    assert detection_to_payload(known_detection(site="  "))["site"] is None  # blank is no site
+    assert detection_to_payload(known_detection(site="Quebrada\tH02"))["site"] == "Quebrada H02"
 
 
 def test_unknown_species_facts_are_null_and_nan_branch_scores_are_null():
@@ -151,7 +196,20 @@ HOSTILE = [
     (encode(good_payload(extra="x")), r"unknown field\(s\) \['extra'\]"),
     (encode({k: v for k, v in good_payload().items() if k != "schema"}), "payload.schema: missing"),
     (encode({k: v for k, v in good_payload().items() if k != "ended_on"}), "payload.ended_on: missing"),
-    (encode(good_payload(schema=2)), "not a schema this version reads"),
+    (encode(good_payload(schema=3)), r"payload.schema: 3 is not a schema this version reads \(1 or 2\)"),
+    (encode(good_payload(schema=0)), "not a schema this version reads"),
+    (encode(good_payload(latitude=90.5)), "payload.latitude: 90.5° is outside"),
+    (encode(good_payload(longitude=-180.01)), "payload.longitude: -180.01° is outside"),
+    (encode(good_payload(latitude="6.23")), "payload.latitude: expected a number"),
+    (encode(good_payload(latitude=None)), "payload.latitude: null while longitude is set"),
+    (encode(good_payload(longitude=None)), "payload.longitude: null while latitude is set"),
+    (encode(good_payload(latitude=None, longitude=None)), "coordinate_uncertainty_m: set while latitude"),
+    (encode(good_payload(coordinate_uncertainty_m=0)), "payload.coordinate_uncertainty_m: 0.0 m is outside"),
+    (encode(good_payload(coordinate_uncertainty_m=-5.0)), "payload.coordinate_uncertainty_m"),
+    (encode(good_payload(coordinate_uncertainty_m=3e7)), "payload.coordinate_uncertainty_m"),
+    (encode(good_payload(site="")), "payload.site: empty"),
+    (encode(good_payload(site="x" * 200)), "payload.site: 200 characters"),
+    (encode(good_payload(site="H\x0202")), "payload.site: holds control characters"),
     (encode(good_payload(schema="1")), "not a schema this version reads"),
     (encode(good_payload(schema=True)), "not a schema this version reads"),
     (encode(good_payload(confidence="0.9")), "payload.confidence: expected a number"),

@@ -42,7 +42,8 @@ GOLDEN_JSON = (
 
 def test_the_field_list_is_frozen():
     assert wire.FIELDS == FROZEN_FIELDS
-    assert wire.SCHEMA == 1 and wire.KINDS == ("detection", "feedback")
+    # "tour" came with the tour message (issue 9): only devices that send tours are sent it.
+    assert wire.SCHEMA == 1 and wire.KINDS == ("detection", "feedback", "tour")
 
 
 def test_a_known_receipt_encodes_to_the_golden_json():

@@ -24,7 +24,7 @@ def test_it_is_the_thresholds_and_merge_the_settings_ask_for(device_home, shared
     assert detector.decider.thresholds[engine.labels.index("21211")] == np.float32(0.9)
     assert detector.merger.gap_windows == 1
     assert detector.merger.stamp == EventStamp("guide-pi-01", engine.manifest.name, engine.manifest.version,
-                                               engine.bundle.sha256, "tour-1")
+                                               engine.bundle.sha256, "tour-1", site="El Silencio Natural Reserve")
 
 
 def test_it_finds_the_events_a_hand_wired_decider_and_merger_find(device_home, shared_data):
@@ -33,7 +33,7 @@ def test_it_finds_the_events_a_hand_wired_decider_and_merger_find(device_home, s
     detector = Detector.for_engine(engine, Settings())
     detector.set_tour("tour-2")
     stamp = EventStamp(Settings().device.id, engine.manifest.name, engine.manifest.version, engine.bundle.sha256,
-                       "tour-2")
+                       "tour-2", site=Settings().device.site)
     decider, merger = Decider(engine.labels, thresholds_for(engine.manifest)), EventMerger(stamp)
     ours, theirs = [], []
     for prediction in predictions:

@@ -80,3 +80,19 @@ def test_an_event_is_secondary_only_if_its_label_never_topped_a_window(shared_da
         merger.push(p, decider.decide(p))
     events = {e.detection.label: e.detection for e in merger.flush()}
     assert events["21211"].secondary is False and events["65448"].secondary is False
+
+
+def test_every_event_carries_the_devices_site_and_coordinates_and_uncertainty_only_with_them(shared_data):
+    from device.config import DeviceSettings
+
+    placed = EventStamp.for_device(DeviceSettings(id="dev-1", site="El Silencio Natural Reserve", latitude=6.23,
+                                                  longitude=-74.71), "demo", "1", "ab" * 32, tour_id="t1")
+    merger = EventMerger(placed)
+    p = prediction(real_window(shared_data, 0), [0.9, 0, 0])
+    [event] = merger.push(p, Decider(LABELS, np.full(3, 0.5, dtype=np.float32)).decide(p)).opened
+    d = event.detection
+    assert (d.device_id, d.site, d.latitude, d.longitude, d.coordinate_uncertainty_m) == (
+        "dev-1", "El Silencio Natural Reserve", 6.23, -74.71, 1000.0)  # the default uncertainty, with coordinates
+    unplaced = EventStamp.for_device(DeviceSettings(id="dev-1", site=" ", coordinate_uncertainty_m=50.0),
+                                     "demo", "1", "ab" * 32)
+    assert (unplaced.site, unplaced.latitude, unplaced.longitude, unplaced.coordinate_uncertainty_m) == (None,) * 4

@@ -36,13 +36,18 @@ def test_a_recording_ends_with_detections_clips_outbox_and_a_summary(device_home
         assert set(json.loads(branches)) == {b.name for b in bundle.manifest.branches}
         assert tour is not None
     # each closed detection carries exactly one outbox message with its final payload
-    outbox = query(device_home.database, "SELECT detection_id, payload FROM outbox_message")
+    outbox = query(device_home.database, "SELECT detection_id, payload FROM outbox_message WHERE kind = 'detection'")
     assert sorted(d for d, _ in outbox) == sorted(r[0] for r in rows)
     for det_id, payload in outbox:
         assert json.loads(payload)["detection_id"] == det_id
-    # the tour the run started is stopped again
+    # the tour the run started is stopped again, and both its states are queued for the server
     tours = query(device_home.database, "SELECT tour_id, ended_on FROM tour")
     assert len(tours) == 1 and tours[0][1] is not None
+    tour_messages = [json.loads(p) for (p,) in query(device_home.database,
+                                                     "SELECT payload FROM outbox_message WHERE kind = 'tour' "
+                                                     "ORDER BY created_on, rowid")]
+    assert [(m["tour_id"], m["ended_on"] is not None) for m in tour_messages] == [(tours[0][0], False),
+                                                                               (tours[0][0], True)]
     # each detection's clip is a FLAC of the peak window, taken from the recording itself
     clips = query(device_home.database, "SELECT detection_id, path, sample_rate_hz, start_s FROM clip")
     assert sorted(c[0] for c in clips) == sorted(r[0] for r in rows)

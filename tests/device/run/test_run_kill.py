@@ -55,7 +55,7 @@ def test_kill_9_mid_run_loses_no_committed_detection(device_home, shared_data, t
     after = dict(query(device_home.database, "SELECT detection_id, status FROM detection"))
     assert {d for d, _ in seen} <= set(after)
     closed = {d for d, s in after.items() if s == "closed"}
-    outbox = {d for (d,) in query(device_home.database, "SELECT detection_id FROM outbox_message")}
+    outbox = {d for (d,) in query(device_home.database, "SELECT detection_id FROM outbox_message WHERE kind = 'detection'")}
     assert outbox == closed
 
     # the next start closes what the cut left open, with its outbox message, and goes on
@@ -64,5 +64,5 @@ def test_kill_9_mid_run_loses_no_committed_detection(device_home, shared_data, t
     assert result.returncode == 0, result.stderr
     statuses = dict(query(device_home.database, "SELECT detection_id, status FROM detection"))
     assert set(after) <= set(statuses) and set(statuses.values()) == {"closed"}
-    outbox = {d for (d,) in query(device_home.database, "SELECT detection_id FROM outbox_message")}
+    outbox = {d for (d,) in query(device_home.database, "SELECT detection_id FROM outbox_message WHERE kind = 'detection'")}
     assert outbox == set(statuses)

@@ -22,8 +22,8 @@ def close_every_store(monkeypatch):
     opened: list[Store] = []
     original = Store.open.__func__
 
-    def tracking_open(cls, path):
-        store = original(cls, path)
+    def tracking_open(cls, path, **options):
+        store = original(cls, path, **options)
         opened.append(store)
         return store
 

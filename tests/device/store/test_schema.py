@@ -15,7 +15,8 @@ from device.store.database import MIGRATIONS, Migration, latest_version
 EXPECTED_COLUMNS = {
     "tour": [
         ("tour_id", "TEXT", 1, 1), ("name", "TEXT", 1, 0), ("guide", "TEXT", 0, 0),
-        ("started_on", "TEXT", 1, 0), ("ended_on", "TEXT", 0, 0),
+        ("started_on", "TEXT", 1, 0), ("ended_on", "TEXT", 0, 0), ("device_id", "TEXT", 0, 0),
+        ("site", "TEXT", 0, 0), ("latitude", "REAL", 0, 0), ("longitude", "REAL", 0, 0),
     ],
     "bundle": [
         ("bundle_id", "TEXT", 1, 1), ("name", "TEXT", 1, 0), ("version", "TEXT", 1, 0), ("sha256", "TEXT", 1, 0),
@@ -34,7 +35,8 @@ EXPECTED_COLUMNS = {
         ("bundle_version", "TEXT", 1, 0), ("bundle_sha256", "TEXT", 1, 0), ("source", "TEXT", 1, 0),
         ("window_count", "INTEGER", 1, 0), ("secondary", "INTEGER", 1, 0), ("status", "TEXT", 1, 0),
         ("close_reason", "TEXT", 0, 0), ("created_on", "TEXT", 1, 0), ("updated_on", "TEXT", 1, 0),
-        ("closed_on", "TEXT", 0, 0),
+        ("closed_on", "TEXT", 0, 0), ("site", "TEXT", 0, 0), ("latitude", "REAL", 0, 0),
+        ("longitude", "REAL", 0, 0), ("coordinate_uncertainty_m", "REAL", 0, 0),
     ],
     "clip": [
         ("clip_id", "TEXT", 1, 1), ("detection_id", "TEXT", 1, 0), ("path", "TEXT", 1, 0),
@@ -129,6 +131,10 @@ def test_every_migration_is_recorded_once_and_reopening_changes_nothing(db_path)
         "INSERT INTO watched_file VALUES ('w', '/x.wav', 1, 1.0, 'queued', '2026-01-01T00:00:00.000Z', NULL, NULL, NULL)",
         "INSERT INTO outbox_message (message_id, topic, payload, created_on, kind, record_id) "
         "VALUES ('m', 't', '{}', '2026-01-01T00:00:00.000Z', 'clip', 'r')",
+        "INSERT INTO tour (tour_id, name, started_on, latitude, longitude) "
+        "VALUES ('t', 'x', '2026-01-01T00:00:00.000Z', 91, 0)",
+        "INSERT INTO tour (tour_id, name, started_on, latitude, longitude) "
+        "VALUES ('t', 'x', '2026-01-01T00:00:00.000Z', 0, -181)",
     ],
 )
 def test_check_constraints_refuse_unknown_enum_values(store, sql):

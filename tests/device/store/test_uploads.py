@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from device.contracts.clip import ClipAck, ClipRequest
-from device.store import Store, database
+from device.store import Store, database, detections
 from device.store.database import MIGRATIONS
 
 FROG = "audio/birdclef_train_audio/3.ogg"  # Allobates femoralis, 38 s, 32 kHz
@@ -55,6 +55,9 @@ def test_migration_3_on_a_release_2_database_keeps_every_clip_and_starts_no_uplo
     det = make_detection()
     with monkeypatch.context() as patch:  # the previous release: migrations 1 and 2
         patch.setattr(database, "MIGRATIONS", MIGRATIONS[:2])
+        release_2 = tuple(c for c in detections._DETECTION_COLUMNS if c not in detections.PLACE_COLUMNS)
+        patch.setattr(detections, "_DETECTION_COLUMNS", release_2)  # its detection table: no places yet
+        patch.setattr(detections, "_UPSERT", detections.upsert_sql(release_2))
         old = Store.open(db_path)
         clip = clip_of(old, det, frog, tmp_path / "clips")
         old.add_feedback(det.detection_id, "confirm")

@@ -55,8 +55,10 @@ def test_a_run_with_sync_enabled_delivers_and_has_confirmed_every_detection_at_e
     closed = sorted(row[0] for row in query(device_home.database, "SELECT detection_id FROM detection"))
     assert closed, "the frog recording gave no detection"
     assert sorted(set(ingest.taken("detection"))) == closed
-    # The last drain at exit sent what the final flush closed and waited for its receipts.
-    assert query(device_home.database, CONFIRMED) == [(len(closed),)]
+    # The last drain at exit sent what the final flush closed and the run's tour's end, and waited
+    # for their receipts: the detections and the tour's two states, all confirmed.
+    assert len(set(ingest.taken("tour"))) == 2
+    assert query(device_home.database, CONFIRMED) == [(len(closed) + 2,)]
 
 
 def test_explorer_sync_names_an_unreachable_broker_then_sends_and_waits_for_receipts(device_home, shared_data,
@@ -114,9 +116,11 @@ def test_a_run_whose_broker_is_unreachable_keeps_everything_pending_and_says_why
     assert result.returncode == 0, result.stderr
     assert f"sync: MQTT broker 127.0.0.1:{port}: cannot connect" in result.stderr
     closed = query(device_home.database, "SELECT count(*) FROM detection WHERE status = 'closed'")[0][0]
-    queued = query(device_home.database, "SELECT count(*) FROM outbox_message")[0][0]
+    queued = query(device_home.database, "SELECT count(*) FROM outbox_message WHERE kind = 'detection'")[0][0]
+    tours = query(device_home.database, "SELECT count(*) FROM outbox_message WHERE kind = 'tour'")[0][0]
     successes = query(device_home.database, "SELECT count(*) FROM outbox_attempt WHERE result = 'SUCCESS'")[0][0]
     assert closed > 0 and queued == closed and successes == 0
+    assert tours == 2  # the run's own tour: its start and its end, queued like the rest
 
 
 def test_a_worker_whose_messages_are_refused_backs_off_instead_of_looping(tmp_path, store):

@@ -137,6 +137,7 @@ def test_quit_while_a_frog_is_calling_flushes_the_open_detection_and_closes_the_
     status = runtime.close()
     assert status.windows_dropped == 0 and status.finished
     assert query(device_home.database, "SELECT status FROM detection WHERE label = '21211'") == [("closed",)]
-    assert query(device_home.database, "SELECT count(*) FROM outbox_message")[0][0] == 1
+    assert query(device_home.database, "SELECT count(*) FROM outbox_message WHERE kind = 'detection'")[0][0] == 1
+    assert query(device_home.database, "SELECT count(*) FROM outbox_message WHERE kind = 'tour'")[0][0] == 2  # start, end
     assert query(device_home.database, "SELECT ended_on IS NOT NULL FROM tour") == [(1,)]
     assert runtime.store.closed
