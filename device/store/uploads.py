@@ -1,6 +1,6 @@
 """Clip upload state: which clips are wanted, where each stands with the server, the daily bytes.
 
-The tables are migration 3's (device/store/database.py). The uploader (device/sync/clips.py)
+The tables are migration 3's (device/store/migrations.py). The uploader (device/sync/clips.py)
 sends one chunk of a clip at a time and waits for the server's ack before the next, so each
 ack answers the one chunk in flight, `[acked_bytes, sent_bytes)`:
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 
-from device.store import Store, database
-from device.store.database import MIGRATIONS
+from device.store import Store, migrations
+from device.store.migrations import MIGRATIONS
 
 
 def test_rows_queued_before_receipts_become_pending_detection_messages(db_path, make_detection, monkeypatch):
     det = make_detection()
     with monkeypatch.context() as patch:  # the first release: migration 1 only
-        patch.setattr(database, "MIGRATIONS", MIGRATIONS[:1])
+        patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
         old = Store.open(db_path)
         old.db.execute("INSERT INTO tour VALUES ('t', 'old', NULL, '2026-04-20T07:00:00.000Z', NULL)")
         row = {"detection_id": det.detection_id, "device_id": "pi-h02", "tour_id": "t", "label": det.label,

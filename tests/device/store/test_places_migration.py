@@ -11,8 +11,8 @@ import pytest
 from device.config import DeviceSettings
 from device.contracts.tour import parse_tour
 from device.domain import Receipt, Refusal, utc_now
-from device.store import Store, database, detections
-from device.store.database import MIGRATIONS
+from device.store import Store, detections, migrations
+from device.store.migrations import MIGRATIONS
 
 OLD_TOUR = "0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b"
 
@@ -21,7 +21,7 @@ def release_3_database(db_path, make_detection, monkeypatch) -> dict:
     """A release-3 log: three closed detections (one confirmed, one refused, one pending with a
     failed and a successful attempt), a verdict, an active tour. Returns what it holds."""
     with monkeypatch.context() as patch:
-        patch.setattr(database, "MIGRATIONS", MIGRATIONS[:3])
+        patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
         release_3 = tuple(c for c in detections._DETECTION_COLUMNS if c not in detections.PLACE_COLUMNS)
         patch.setattr(detections, "_DETECTION_COLUMNS", release_3)
         patch.setattr(detections, "_UPSERT", detections.upsert_sql(release_3))

@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 
 from device.store import Store, StoreError
-from device.store import database
-from device.store.database import MIGRATIONS, Migration, latest_version
+from device.store import database, migrations
+from device.store.migrations import MIGRATIONS, Migration, latest_version
 
 # table -> [(column, declared type, NOT NULL, primary key)] exactly as PRAGMA table_info reports.
 EXPECTED_COLUMNS = {
@@ -157,7 +157,7 @@ def test_a_failing_migration_rolls_back_with_its_bookkeeping(db_path, monkeypatc
         raise RuntimeError("migration bug")
 
     with monkeypatch.context() as patch:
-        patch.setattr(database, "MIGRATIONS", MIGRATIONS + [Migration(latest_version() + 1, "bad", add_column_then_fail)])
+        patch.setattr(migrations, "MIGRATIONS", MIGRATIONS + [Migration(latest_version() + 1, "bad", add_column_then_fail)])
         with pytest.raises(RuntimeError, match="migration bug"):
             Store.open(db_path)
     store = Store.open(db_path)
@@ -173,7 +173,7 @@ def test_a_new_migration_applies_once_and_bumps_user_version(db_path, monkeypatc
         db.execute("ALTER TABLE tour ADD COLUMN weather TEXT")
 
     base = latest_version()
-    monkeypatch.setattr(database, "MIGRATIONS", MIGRATIONS + [Migration(base + 1, "add_weather", add_weather)])
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS + [Migration(base + 1, "add_weather", add_weather)])
     for _ in range(2):
         store = Store.open(db_path)
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == base + 1

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from device.contracts.clip import ClipAck, ClipRequest
-from device.store import Store, database, detections
-from device.store.database import MIGRATIONS
+from device.store import Store, detections, migrations
+from device.store.migrations import MIGRATIONS
 
 FROG = "audio/birdclef_train_audio/3.ogg"  # Allobates femoralis, 38 s, 32 kHz
 NOW = datetime(2026, 4, 20, 9, 0, tzinfo=timezone.utc)
@@ -54,7 +54,7 @@ def test_migration_3_on_a_release_2_database_keeps_every_clip_and_starts_no_uplo
         db_path, make_detection, frog, tmp_path, monkeypatch):
     det = make_detection()
     with monkeypatch.context() as patch:  # the previous release: migrations 1 and 2
-        patch.setattr(database, "MIGRATIONS", MIGRATIONS[:2])
+        patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:2])
         release_2 = tuple(c for c in detections._DETECTION_COLUMNS if c not in detections.PLACE_COLUMNS)
         patch.setattr(detections, "_DETECTION_COLUMNS", release_2)  # its detection table: no places yet
         patch.setattr(detections, "_UPSERT", detections.upsert_sql(release_2))
