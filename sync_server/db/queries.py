@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, exists, func, or_, select
 
 from device.domain import iso_utc
 from sync_server.db.schema import clip, detection, feedback, tour
@@ -35,6 +35,19 @@ STATUSES = {"unreviewed": None, "confirmed": "confirm", "rejected": "reject"}
 CLIP_URL = "/api/v1/clips/{clip_id}"
 EXPORT_BATCH = 5_000
 """Rows read per query while exporting: bounded memory, few round trips."""
+ROW_COLUMNS = (
+    "detection_id", "seq", "device_id", "tour_id", "tour_name", "site", "latitude", "longitude",
+    "coordinate_uncertainty_m", "label", "scientific_name", "common_name", "class_name", "started_on", "ended_on",
+    "start_s", "end_s", "source", "confidence", "branch_scores", "bundle_name", "bundle_version", "bundle_sha256",
+    "window_count", "secondary", "verdict", "verdict_on",
+)
+"""The row's fields read straight from a column (all but verification_status, clip and
+received_on), in the row's order: `selection` selects them first, in this order."""
+CLIP_COLUMNS = ("clip_id", "sha256", "size_bytes", "sample_rate_hz", "duration_s", "start_s", "path")
+"""The clip's columns `selection` selects after `first_received_on`, in the row's clip order."""
+_RECEIVED_AT = len(ROW_COLUMNS)
+_CLIP_AT = _RECEIVED_AT + 1
+_STATUS_OF = {verdict: status for status, verdict in STATUSES.items()}
 
 
 @dataclass(frozen=True)
@@ -78,46 +91,33 @@ class DetectionFilter:
         return params
 
 
-def _latest_verdicts():
-    """detection_id -> its latest verdict and when it was given, as a subquery."""
-    ranked = select(
-        feedback.c.detection_id, feedback.c.verdict, feedback.c.given_on,
-        func.row_number().over(partition_by=feedback.c.detection_id,
-                               order_by=(feedback.c.given_on.desc(), feedback.c.feedback_id.desc())).label("rank"),
-    ).subquery("ranked_verdicts")
-    return (select(ranked.c.detection_id, ranked.c.verdict, ranked.c.given_on)
-            .where(ranked.c.rank == 1).subquery("latest_verdict"))
+def _latest_verdict_id(of):
+    """The id of the guide's latest verdict on the detection row `of` (a table or subquery with
+    a detection_id column): by given_on, then feedback_id, as the device orders them (a later
+    verdict replaces an earlier one). A correlated `ORDER BY .. LIMIT 1`: one search of the
+    `feedback_detection` index per detection read.
+
+    Not a window function: `row_number()` over the feedback table ranks every verdict the
+    server holds for every page read, so an export in pages paid (rows / page) x all of
+    feedback (and PostgreSQL, planning it as a hash join, sorted every remaining row per page)."""
+    return (select(feedback.c.feedback_id)
+            .where(feedback.c.detection_id == of.c.detection_id)
+            .order_by(feedback.c.given_on.desc(), feedback.c.feedback_id.desc())
+            .limit(1).correlate(of).scalar_subquery())
 
 
-def _one_clip():
-    """detection_id -> the first clip the server received for it, as a subquery."""
-    ranked = select(
-        *clip.c,
-        func.row_number().over(partition_by=clip.c.detection_id,
-                               order_by=(clip.c.received_on, clip.c.clip_id)).label("rank"),
-    ).subquery("ranked_clips")
-    return select(*[ranked.c[c.name] for c in clip.c]).where(ranked.c.rank == 1).subquery("one_clip")
+def _first_clip_id(of):
+    """The id of the first clip the server received for the detection row `of` (by received_on,
+    then clip_id); correlated for the reason `_latest_verdict_id` gives."""
+    return (select(clip.c.clip_id)
+            .where(clip.c.detection_id == of.c.detection_id)
+            .order_by(clip.c.received_on, clip.c.clip_id)
+            .limit(1).correlate(of).scalar_subquery())
 
 
-def selection(filter: DetectionFilter) -> Select:
-    """The SELECT of every row the filter matches, in seq order (no limit)."""
-    verdict, held, tours = _latest_verdicts(), _one_clip(), tour
-    query = (
-        select(
-            detection,
-            tours.c.name.label("tour_name"),
-            verdict.c.verdict.label("verdict"), verdict.c.given_on.label("verdict_on"),
-            held.c.clip_id.label("clip_id"), held.c.sha256.label("clip_sha256"),
-            held.c.size_bytes.label("clip_size_bytes"), held.c.sample_rate_hz.label("clip_sample_rate_hz"),
-            held.c.duration_s.label("clip_duration_s"), held.c.start_s.label("clip_start_s"),
-            held.c.path.label("clip_path"),
-        )
-        .select_from(detection
-                     .outerjoin(tours, tours.c.tour_id == detection.c.tour_id)
-                     .outerjoin(verdict, verdict.c.detection_id == detection.c.detection_id)
-                     .outerjoin(held, held.c.detection_id == detection.c.detection_id))
-        .order_by(detection.c.seq)
-    )
+def _conditions(filter: DetectionFilter) -> list:
+    """The filter as conditions on the detection table alone (the status one through the latest
+    verdict's correlated subquery), so a page can be cut before anything is joined to it."""
     conditions = []
     if filter.start is not None:
         conditions.append(detection.c.started_on >= iso_utc(filter.start))
@@ -134,20 +134,62 @@ def selection(filter: DetectionFilter) -> Select:
         conditions.append(detection.c.confidence >= filter.min_confidence)
     if filter.status is not None:
         wanted = STATUSES[filter.status]
-        conditions.append(verdict.c.verdict.is_(None) if wanted is None else verdict.c.verdict == wanted)
-    return query.where(and_(*conditions)) if conditions else query
+        if wanted is None:  # no verdict at all (a stored verdict is never NULL)
+            conditions.append(~exists().where(feedback.c.detection_id == detection.c.detection_id))
+        else:
+            latest = (select(feedback.c.verdict)
+                      .where(feedback.c.detection_id == detection.c.detection_id)
+                      .order_by(feedback.c.given_on.desc(), feedback.c.feedback_id.desc())
+                      .limit(1).correlate(detection).scalar_subquery())
+            # one index search per detection scanned: linear in the detections, page after page
+            # (a semi-join on `feedback` first would re-read every such verdict for each page)
+            conditions.append(latest == wanted)
+    return conditions
+
+
+def selection(filter: DetectionFilter, *, after_seq: int | None = None, limit: int | None = None,
+              detection_id: str | None = None) -> Select:
+    """The SELECT of the rows the filter matches, in seq order: those with seq above
+    `after_seq`, at most `limit` (None: all), only `detection_id` if given.
+
+    The page is cut from the detection table first (filter, seq, limit, on its `detection_seq`
+    index) and only its rows are joined to their tour, latest verdict and clip: the cost of a
+    page is the page's, however many rows come after it (PostgreSQL otherwise joins every
+    remaining row and sorts them to keep `limit`). Its columns are the row's, in the row's
+    order (`ROW_COLUMNS`, then `first_received_on` and the clip's, `CLIP_COLUMNS`), so `to_row`
+    reads them by position."""
+    conditions = _conditions(filter)
+    if after_seq is not None:
+        conditions.append(detection.c.seq > after_seq)
+    if detection_id is not None:
+        conditions.append(detection.c.detection_id == detection_id)
+    own = [detection.c[name] for name in ROW_COLUMNS if name in detection.c] + [detection.c.first_received_on]
+    page = select(*own).where(*conditions).order_by(detection.c.seq)
+    page = (page if limit is None else page.limit(limit)).subquery("page")
+    verdict, held = feedback.alias("latest_verdict"), clip.alias("one_clip")
+    named = {"tour_name": tour.c.name, "verdict": verdict.c.verdict, "verdict_on": verdict.c.given_on}
+    return (
+        select(
+            *[named[name].label(name) if name in named else page.c[name] for name in ROW_COLUMNS],
+            page.c.first_received_on,
+            *[held.c[name].label(name if name == "clip_id" else f"clip_{name}") for name in CLIP_COLUMNS],
+        )
+        .select_from(page
+                     .outerjoin(tour, tour.c.tour_id == page.c.tour_id)
+                     .outerjoin(verdict, and_(verdict.c.detection_id == page.c.detection_id,
+                                              verdict.c.feedback_id == _latest_verdict_id(page)))
+                     .outerjoin(held, and_(held.c.detection_id == page.c.detection_id,
+                                           held.c.clip_id == _first_clip_id(page))))
+        .order_by(page.c.seq)
+    )
 
 
 def detection_rows(store, filter: DetectionFilter = DetectionFilter(), after_seq: int | None = None,
                    limit: int | None = None) -> list[dict[str, Any]]:
     """The rows the filter matches with seq above `after_seq`, in seq order, at most `limit`."""
-    query = selection(filter)
-    if after_seq is not None:
-        query = query.where(detection.c.seq > after_seq)
-    if limit is not None:
-        query = query.limit(limit)
+    query = selection(filter, after_seq=after_seq, limit=limit)
     with store._reading("could not read the detections") as connection:
-        return [to_row(row) for row in connection.execute(query).mappings()]
+        return [to_row(row) for row in connection.execute(query)]
 
 
 def iter_detection_rows(store, filter: DetectionFilter = DetectionFilter(),
@@ -165,9 +207,9 @@ def iter_detection_rows(store, filter: DetectionFilter = DetectionFilter(),
 
 def detection_row(store, detection_id: str) -> dict[str, Any] | None:
     """One detection's row, or None when the server does not hold it."""
-    query = selection(DetectionFilter()).where(detection.c.detection_id == detection_id)
+    query = selection(DetectionFilter(), detection_id=detection_id)
     with store._reading("could not read the detection") as connection:
-        found = connection.execute(query).mappings().first()
+        found = connection.execute(query).first()
     return None if found is None else to_row(found)
 
 
@@ -179,26 +221,20 @@ def clip_file(store, clip_id: str) -> tuple[Path, dict[str, Any]] | None:
 
 
 def to_row(found) -> dict[str, Any]:
-    """A result mapping as the documented row (see notes in the module docstring)."""
-    verdict = found["verdict"]
-    status = next(name for name, value in STATUSES.items() if value == verdict)
-    held = None
-    if found["clip_id"] is not None:
-        held = {"clip_id": found["clip_id"], "url": CLIP_URL.format(clip_id=found["clip_id"]),
-                "sha256": found["clip_sha256"], "size_bytes": found["clip_size_bytes"],
-                "sample_rate_hz": found["clip_sample_rate_hz"], "duration_s": found["clip_duration_s"],
-                "start_s": found["clip_start_s"], "path": found["clip_path"]}
-    return {
-        "detection_id": found["detection_id"], "seq": found["seq"], "device_id": found["device_id"],
-        "tour_id": found["tour_id"], "tour_name": found["tour_name"], "site": found["site"],
-        "latitude": found["latitude"], "longitude": found["longitude"],
-        "coordinate_uncertainty_m": found["coordinate_uncertainty_m"],
-        "label": found["label"], "scientific_name": found["scientific_name"], "common_name": found["common_name"],
-        "class_name": found["class_name"], "started_on": found["started_on"], "ended_on": found["ended_on"],
-        "start_s": found["start_s"], "end_s": found["end_s"], "source": found["source"],
-        "confidence": found["confidence"], "branch_scores": json.loads(found["branch_scores"]),
-        "bundle_name": found["bundle_name"], "bundle_version": found["bundle_version"],
-        "bundle_sha256": found["bundle_sha256"], "window_count": found["window_count"],
-        "secondary": bool(found["secondary"]), "verdict": verdict, "verdict_on": found["verdict_on"],
-        "verification_status": status, "clip": held, "received_on": found["first_received_on"],
-    }
+    """A result row of `selection` (a tuple, its columns in `selection`'s order) as the
+    documented row (the module docstring). Exports read every row through here: it builds the
+    dict by position, with no per-field lookups by name."""
+    row = dict(zip(ROW_COLUMNS, found))
+    row["branch_scores"] = json.loads(row["branch_scores"])
+    row["secondary"] = bool(row["secondary"])
+    row["verification_status"] = _STATUS_OF[row["verdict"]]
+    clip_id = found[_CLIP_AT]
+    if clip_id is None:
+        row["clip"] = None
+    else:
+        sha256, size_bytes, sample_rate_hz, duration_s, start_s, path = found[_CLIP_AT + 1:_CLIP_AT + 7]
+        row["clip"] = {"clip_id": clip_id, "url": CLIP_URL.format(clip_id=clip_id), "sha256": sha256,
+                       "size_bytes": size_bytes, "sample_rate_hz": sample_rate_hz, "duration_s": duration_s,
+                       "start_s": start_s, "path": path}
+    row["received_on"] = found[_RECEIVED_AT]
+    return row
