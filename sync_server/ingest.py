@@ -1,10 +1,9 @@
 """MQTT ingest: every device's messages from the broker into the aggregate database, and a
 receipt back to each device for what was committed.
 
-    paho's thread       on_message: the message is checked (sync_server/routing.py: while the
-                        committer waits on the database) and goes on a queue, unacknowledged
+    paho's thread       on_message: the message goes on a queue, unacknowledged
     committer thread    takes a batch (up to BATCH, waiting at most BATCH_WAIT_S for it to fill),
-                        files it by kind, commits the whole batch in
+                        checks each message (sync_server/routing.py), commits the whole batch in
                         one transaction (sync_server/db), then acknowledges every message of it
                         and publishes one receipt per device (device/contracts/receipt.py)
 
@@ -45,7 +44,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from device.contracts.topics import UPSTREAM, subscription
 from device.domain import utc_now
@@ -53,7 +51,7 @@ from sync_server.clips import ClipAssembler
 from sync_server.db import Rejected, ServerStore, ServerStoreError
 from sync_server import replies
 from sync_server.metrics import IngestMetrics
-from sync_server.routing import Incoming, check, file_checked, newest_statuses, receipts_for
+from sync_server.routing import Incoming, newest_statuses, receipts_for, route_batch
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +126,6 @@ class IngestStats:
 @dataclass(slots=True)
 class _Pending:
     message: Incoming
-    checked: tuple[str, Any]
-    """`routing.check`'s verdict, made on paho's thread as the message arrived."""
     generation: int
     mid: int
     qos: int
@@ -297,13 +293,8 @@ class Ingestor:
     def _on_message(self, client, userdata, message) -> None:
         # No lock: this runs on paho's thread, the only one that changes the generation outside
         # _acknowledge's lock, and reading an int is atomic.
-        incoming = Incoming(message.topic, bytes(message.payload))
-        try:
-            checked = check(incoming)  # here, so the committer's time goes to the database
-        except Exception as exc:  # a contract bug, never a reason to lose paho's loop or the message
-            log.exception("ingest: checking a message on %s failed", message.topic)
-            checked = ("rejected", Rejected(message.topic, f"could not be checked: {exc!r}", incoming.payload))
-        self._queue.put(_Pending(incoming, checked, self._generation, message.mid, message.qos, time.monotonic()))
+        self._queue.put(_Pending(Incoming(message.topic, bytes(message.payload)), self._generation, message.mid,
+                                 message.qos, time.monotonic()))
 
     # -- the committer -----------------------------------------------------------------
     def _next_batch(self) -> list[_Pending]:
@@ -342,7 +333,7 @@ class Ingestor:
             self._die(f"the committer failed: {exc}")
 
     def _commit(self, batch: list[_Pending]) -> None:
-        routed = file_checked(p.checked for p in batch)
+        routed = route_batch(p.message for p in batch)
         if routed.clips and self.clips is None:
             routed.rejected.extend(Rejected(f"explorer/{c.device_id}/clip", "clip: this server keeps no clips "
                                             "(start its ingest with --clips-dir)", b"") for c in routed.clips)

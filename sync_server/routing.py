@@ -7,8 +7,8 @@ kept as a `Rejected` row with its reason; it is acknowledged like the rest (send
 would not make it valid) and never receipted (the device queued only payloads its own
 contract accepted, so a refusal here is a bug or an attacker, not a message to retry).
 
-Pure functions, no I/O: the ingest worker (sync_server/ingest.py) checks each message as it
-arrives, files a batch, commits it in one transaction, then acknowledges and receipts it.
+Pure functions, no I/O: the ingest worker (sync_server/ingest.py) routes a batch, commits it
+in one transaction, then acknowledges and receipts it.
 """
 
 from __future__ import annotations
@@ -51,14 +51,8 @@ class Routed:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-BUCKETS = {"detection": "detections", "feedback": "feedback", "tour": "tours", "status": "statuses", "clip": "clips"}
-"""Which list of `Routed` each kind of message is filed under."""
-
-
-def check(message: Incoming) -> tuple[str, Any]:
-    """Check one message: (the `Routed` list it goes to, the checked payload), or ('rejected',
-    a `Rejected` naming why). Pure and thread-safe: the ingest runs it on paho's thread as each
-    message arrives, so the committer's time goes to the database."""
+def route(message: Incoming, routed: Routed) -> None:
+    """Check one message and file it under its kind (or as rejected) in `routed`."""
     try:
         device_id, kind = parse_topic(message.topic)
         if kind == "detection":
@@ -77,21 +71,25 @@ def check(message: Incoming) -> tuple[str, Any]:
         if sender != device_id:
             raise ValueError(f"payload device_id {sender!r} does not match the topic's {device_id!r}")
     except ValueError as exc:
-        return "rejected", Rejected(message.topic, str(exc), bytes(message.payload))
-    return BUCKETS[kind], checked
-
-
-def file_checked(items: Iterable[tuple[str, Any]]) -> Routed:
-    """A batch of `check` results sorted by kind, each list in arrival order."""
-    routed = Routed()
-    for bucket, value in items:
-        getattr(routed, bucket).append(value)
-    return routed
+        routed.rejected.append(Rejected(message.topic, str(exc), bytes(message.payload)))
+        return
+    if kind == "detection":
+        routed.detections.append(checked)
+    elif kind == "feedback":
+        routed.feedback.append(checked)
+    elif kind == "clip":
+        routed.clips.append(checked)
+    elif kind == "tour":
+        routed.tours.append(checked)
+    else:
+        routed.statuses.append(checked)
 
 
 def route_batch(messages: Iterable[Incoming]) -> Routed:
-    """Check and sort a batch of messages (`check`, then `file_checked`)."""
-    return file_checked(check(message) for message in messages)
+    routed = Routed()
+    for message in messages:
+        route(message, routed)
+    return routed
 
 
 def newest_statuses(statuses: Sequence[Status]) -> list[Status]:
