@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXAMPLE ?= examples/birdclef_train_3.ogg
+# postgresql brings initdb, pg_ctl and postgres (/usr/lib/postgresql/<ver>/bin), which
+# tests/postgres.py uses to start its own server; chromium is the browser the dashboard tests drive.
 APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils mosquitto ffmpeg postgresql chromium
 
 .PHONY: demo test setup system-deps bench bench-tui bench-sync clean

@@ -91,16 +91,16 @@ class DetectionFilter:
         return params
 
 
-def _latest_verdict_id(of):
-    """The id of the guide's latest verdict on the detection row `of` (a table or subquery with
-    a detection_id column): by given_on, then feedback_id, as the device orders them (a later
+def _latest_verdict(of, column=feedback.c.feedback_id):
+    """A column (the id by default) of the guide's latest verdict on the detection row `of` (a
+    table or subquery with a detection_id column): by given_on, then feedback_id, as the device orders them (a later
     verdict replaces an earlier one). A correlated `ORDER BY .. LIMIT 1`: one search of the
     `feedback_detection` index per detection read.
 
     Not a window function: `row_number()` over the feedback table ranks every verdict the
     server holds for every page read, so an export in pages paid (rows / page) x all of
     feedback (and PostgreSQL, planning it as a hash join, sorted every remaining row per page)."""
-    return (select(feedback.c.feedback_id)
+    return (select(column)
             .where(feedback.c.detection_id == of.c.detection_id)
             .order_by(feedback.c.given_on.desc(), feedback.c.feedback_id.desc())
             .limit(1).correlate(of).scalar_subquery())
@@ -108,7 +108,7 @@ def _latest_verdict_id(of):
 
 def _first_clip_id(of):
     """The id of the first clip the server received for the detection row `of` (by received_on,
-    then clip_id); correlated for the reason `_latest_verdict_id` gives."""
+    then clip_id); correlated for the reason `_latest_verdict` gives."""
     return (select(clip.c.clip_id)
             .where(clip.c.detection_id == of.c.detection_id)
             .order_by(clip.c.received_on, clip.c.clip_id)
@@ -137,10 +137,7 @@ def _conditions(filter: DetectionFilter) -> list:
         if wanted is None:  # no verdict at all (a stored verdict is never NULL)
             conditions.append(~exists().where(feedback.c.detection_id == detection.c.detection_id))
         else:
-            latest = (select(feedback.c.verdict)
-                      .where(feedback.c.detection_id == detection.c.detection_id)
-                      .order_by(feedback.c.given_on.desc(), feedback.c.feedback_id.desc())
-                      .limit(1).correlate(detection).scalar_subquery())
+            latest = _latest_verdict(detection, feedback.c.verdict)
             # one index search per detection scanned: linear in the detections, page after page
             # (a semi-join on `feedback` first would re-read every such verdict for each page)
             conditions.append(latest == wanted)
@@ -177,7 +174,7 @@ def selection(filter: DetectionFilter, *, after_seq: int | None = None, limit: i
         .select_from(page
                      .outerjoin(tour, tour.c.tour_id == page.c.tour_id)
                      .outerjoin(verdict, and_(verdict.c.detection_id == page.c.detection_id,
-                                              verdict.c.feedback_id == _latest_verdict_id(page)))
+                                              verdict.c.feedback_id == _latest_verdict(page)))
                      .outerjoin(held, and_(held.c.detection_id == page.c.detection_id,
                                            held.c.clip_id == _first_clip_id(page))))
         .order_by(page.c.seq)

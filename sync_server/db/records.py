@@ -17,8 +17,6 @@ from device.contracts.topics import topic
 from device.domain import Status
 from sync_server.db.schema import DETECTION_COLUMNS, FEEDBACK_COLUMNS
 
-WHERE_COLUMNS = ("site", "latitude", "longitude", "coordinate_uncertainty_m")
-"""Detection payload schema 2's fields: absent from schema 1, stored NULL then."""
 REJECTED_HEAD_BYTES = 512
 """Bytes of a refused payload kept for diagnosis: enough to read, too few to abuse."""
 MAX_TOPIC_CHARS = 512
@@ -77,7 +75,7 @@ def detection_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         KeyError: a field is missing (the payload was not checked).
     """
-    row = {name: payload.get(name) if name in WHERE_COLUMNS else payload[name] for name in DETECTION_COLUMNS}
+    row = {name: payload[name] for name in DETECTION_COLUMNS}  # parse_payload gives schema 1 None places
     # The same encoding the first server used, so an old row and its resend compare equal.
     row["branch_scores"] = json.dumps(payload["branch_scores"], sort_keys=True, allow_nan=False)
     row["secondary"] = int(bool(payload["secondary"]))
