@@ -12,14 +12,16 @@ Schema version 1 (JSON):
     created_on       ISO-8601 UTC
     provenance       {training_run, data, metrics{}, exporter_version}
     license, attribution
-    labels           [{primary_label, scientific_name, common_name, class_name}], a subset of
-                     BirdCLEF 2025 taxonomy.csv in its order
+    labels           [{primary_label, scientific_name, common_name, class_name,
+                       training {recordings, seconds, sources[], note} (optional)}], a
+                     subset of BirdCLEF 2025 taxonomy.csv in its order
     branches         [{name, file, sha256, precision, threads,
                        input {name, kind: "waveform", sample_rate_hz, window_samples,
                               min_sample_rate_hz (optional, default 8000),
                               front_end {kind, in_graph: true, ...parameters}},
                        outputs {scores {name, labels[], activation},
-                                embedding {name, dim} | null, mel {name, bands} | null}}]
+                                embedding {name, dim} | null, mel {name, bands} | null,
+                                context {name, labels[], activation} (optional)}}]
     fusion           {kind: "rule", rule: "max"|"mean", required_branches[]}
                      | {kind: "onnx", file, sha256, inputs [{branch, output}], output,
                         required_branches[]}: a graph whose inputs are branch outputs
@@ -31,6 +33,17 @@ Schema version 1 (JSON):
 `outputs.scores.activation` is what the DEVICE applies to that output to get probabilities:
 "sigmoid" (the graph outputs logits), "softmax" (logits of mutually exclusive labels) or
 "none" (the graph already outputs probabilities in [0, 1]).
+
+`labels[].training` says how much audio taught the bundle that label and where it came from
+(recordings: independent recordings, null when the source does not publish it, as for
+BirdNET's own classes; seconds: their total length, null likewise; sources: where from): a
+researcher sees which labels are thinly supported, and the guide's detail screen marks a label
+with fewer than `FEW_TRAINING_RECORDINGS` recordings.
+
+`outputs.context` are a branch's non-species outputs (BirdNET's Human vocal, Dog, Engine, ...):
+scored on every window and kept per detection as scores, never labels, never shown as species
+(the privacy filter reads Human vocal). Their labels are free names (`CONTEXT_LABEL`), not
+manifest labels; they are max-pooled over crops like scores.
 
 `input.min_sample_rate_hz` is the lowest rate a RECORDING may have for this branch to hear it
 (the device resamples every source to `sample_rate_hz`, but resampling adds no frequencies):
@@ -46,11 +59,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.bundle.fields import BundleError, _need
+from device.bundle.labels import (  # noqa: F401 (re-exported: the manifest's one import)
+    FEW_TRAINING_RECORDINGS, KNOWN_CLASSES, Label, TrainingSupport, _parse_labels,
+)
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig.json"
 
-KNOWN_CLASSES = ("Aves", "Amphibia", "Insecta", "Mammalia")
 KNOWN_PRECISIONS = ("fp32", "fp16", "int8")
 KNOWN_ACTIVATIONS = ("sigmoid", "softmax", "none")
 KNOWN_FUSION_RULES = ("max", "mean")
@@ -66,20 +83,11 @@ recorders write (AudioMoth's lowest setting, telephone-band and old xeno-canto u
 Nyquist limit of 4 kHz still carries frog advertisement calls and many bird songs (the 9 kHz
 Little Tinamou recording in the shared data is analysed), while a 1 Hz or 4 kHz file, resampled
 up to 32 or 48 kHz, would show the model an empty spectrum and get meaningless scores."""
+CONTEXT_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9 ._-]{0,63}$")
+"""A context output's name, e.g. "Human vocal": letters first, no separators a CSV or a topic
+would split on."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class BundleError(ValueError):
-    """A bundle the runtime refuses. The message names the file, key and reason."""
-
-
-@dataclass(frozen=True)
-class Label:
-    primary_label: str
-    scientific_name: str
-    common_name: str
-    class_name: str
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,10 @@ class Branch:
     embedding_output: str | None = None
     embedding_dim: int | None = None
     mel_output: str | None = None
+    context_output: str | None = None
+    """The graph output of the branch's context scores (`outputs.context`), or None."""
+    context_labels: tuple[str, ...] = ()
+    context_activation: str = "sigmoid"
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,17 @@ class Manifest:
     def thresholds_array(self) -> list[float]:
         return [self.threshold(label) for label in self.label_ids]
 
+    def label(self, primary_label: str) -> Label:
+        for label in self.labels:
+            if label.primary_label == primary_label:
+                return label
+        raise KeyError(primary_label)
+
+    @property
+    def context_labels(self) -> tuple[str, ...]:
+        """Every branch's context outputs, in branch order, each name once."""
+        return tuple(dict.fromkeys(name for b in self.branches for name in b.context_labels))
+
     def branch(self, name: str) -> Branch:
         for branch in self.branches:
             if branch.name == name:
@@ -171,22 +194,6 @@ class Manifest:
         if self.fusion.file:
             pinned[self.fusion.file] = self.fusion.sha256 or ""
         return pinned
-
-
-def _need(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
-    if not isinstance(obj, dict):
-        raise BundleError(f"{where}: expected an object, got {type(obj).__name__}")
-    if key not in obj:
-        raise BundleError(f"{where}.{key}: missing")
-    value = obj[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise BundleError(f"{where}.{key}: expected {names}, got {type(value).__name__}")
-    if isinstance(value, str) and not value.strip():
-        raise BundleError(f"{where}.{key}: empty")
-    return value
 
 
 def _safe_file(name: str, where: str) -> str:
@@ -209,27 +216,18 @@ def _probability(value: Any, where: str) -> float:
     return float(value)
 
 
-def _parse_labels(raw: Any) -> tuple[Label, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise BundleError("manifest.labels: expected a non-empty list")
-    labels, seen = [], set()
-    for i, item in enumerate(raw):
-        where = f"manifest.labels[{i}]"
-        label = Label(
-            primary_label=_need(item, "primary_label", str, where),
-            scientific_name=_need(item, "scientific_name", str, where),
-            common_name=_need(item, "common_name", str, where),
-            class_name=_need(item, "class_name", str, where),
-        )
-        if label.class_name not in KNOWN_CLASSES:
-            raise BundleError(f"{where}.class_name: {label.class_name!r} is not one of {KNOWN_CLASSES}")
-        if label.primary_label in seen:
-            raise BundleError(f"{where}.primary_label: {label.primary_label!r} appears twice")
-        if any(c in label.primary_label for c in ",\n\r\t\"") or label.primary_label != label.primary_label.strip():
-            raise BundleError(f"{where}.primary_label: {label.primary_label!r} holds characters a label may not")
-        seen.add(label.primary_label)
-        labels.append(label)
-    return tuple(labels)
+def _parse_context(raw: Any, where: str) -> tuple[str | None, tuple[str, ...], str]:
+    if raw is None:
+        return None, (), "sigmoid"
+    labels = _need(raw, "labels", list, where)
+    if not labels or not all(isinstance(n, str) and CONTEXT_LABEL.match(n) for n in labels):
+        raise BundleError(f"{where}.labels: expected a non-empty list of names like 'Human vocal'")
+    if len(set(labels)) != len(labels):
+        raise BundleError(f"{where}.labels: a name appears twice")
+    activation = raw.get("activation", "sigmoid")
+    if activation not in KNOWN_ACTIVATIONS:
+        raise BundleError(f"{where}.activation: {activation!r} is not one of {KNOWN_ACTIVATIONS}")
+    return _need(raw, "name", str, where), tuple(labels), activation
 
 
 def _parse_front_end(raw: Any, where: str) -> FrontEnd | None:
@@ -287,6 +285,8 @@ def _parse_branch(raw: Any, index: int, label_ids: set[str]) -> Branch:
         raise BundleError(f"{where}.outputs.scores.activation: {activation!r} is not one of {KNOWN_ACTIVATIONS}")
     embedding = outputs.get("embedding")
     mel = outputs.get("mel")
+    context_output, context_labels, context_activation = _parse_context(outputs.get("context"),
+                                                                         f"{where}.outputs.context")
     precision = _need(raw, "precision", str, where)
     if precision not in KNOWN_PRECISIONS:
         raise BundleError(f"{where}.precision: {precision!r} is not one of {KNOWN_PRECISIONS}")
@@ -306,6 +306,9 @@ def _parse_branch(raw: Any, index: int, label_ids: set[str]) -> Branch:
         embedding_output=_need(embedding, "name", str, f"{where}.outputs.embedding") if embedding else None,
         embedding_dim=_need(embedding, "dim", int, f"{where}.outputs.embedding") if embedding else None,
         mel_output=_need(mel, "name", str, f"{where}.outputs.mel") if mel else None,
+        context_output=context_output,
+        context_labels=context_labels,
+        context_activation=context_activation,
     )
 
 

@@ -90,3 +90,51 @@ def test_a_signed_but_malformed_manifest_still_fails_verification(bundle_copy):
     sign_manifest(bundle_copy.path, bundle_copy.private_key)
     with pytest.raises(BundleError, match="appears twice"):
         verify_bundle(bundle_copy.path, bundle_copy.trust_dir)
+
+
+def test_a_labels_training_support_is_read_and_few_recordings_are_marked(raw):
+    raw["labels"][0]["training"] = {"recordings": 1, "seconds": 4.5, "sources": ["colombianfrogs/sounds"],
+                                    "note": "one call"}
+    raw["labels"][1]["training"] = {"recordings": 3, "seconds": 40, "sources": []}
+    raw["labels"][2]["training"] = {"recordings": None, "seconds": None, "sources": ["BirdNET V2.4"]}
+    manifest = parse_manifest(raw)
+    first, second, third = (manifest.labels[i].training for i in range(3))
+    assert (first.recordings, first.seconds, first.sources, first.note, first.few) == (
+        1, 4.5, ("colombianfrogs/sounds",), "one call", True)
+    assert second.seconds == 40.0 and not second.few  # three recordings are not "few"
+    assert third.recordings is None and not third.few  # unknown is not marked few
+    assert manifest.labels[3].training is None
+    assert manifest.label(manifest.labels[1].primary_label).training == second
+
+
+@pytest.mark.parametrize(("training", "match"), [
+    ([], r"training: expected an object"), ({"recordings": -1}, r"training\.recordings: -1 is not a count"),
+    ({"recordings": 1.5}, r"training\.recordings: 1.5 is not a count"),
+    ({"seconds": float("nan")}, r"training\.seconds: nan is not a count"),
+    ({"recordings": True}, r"training\.recordings: True is not a count"),
+    ({"sources": "xc"}, r"training\.sources: expected a list"), ({"note": 3}, r"training\.note: expected a string"),
+])
+def test_malformed_training_support_is_refused(raw, training, match):
+    raw["labels"][0]["training"] = training
+    refused(raw, r"labels\[0\]\." + match)
+
+
+def test_context_outputs_are_read_and_are_not_labels(raw):
+    outputs = raw["branches"][0]["outputs"]
+    outputs["context"] = {"name": "context_logits", "labels": ["Human vocal", "Dog", "Engine"]}
+    manifest = parse_manifest(raw)
+    branch = manifest.branches[0]
+    assert (branch.context_output, branch.context_labels, branch.context_activation) == (
+        "context_logits", ("Human vocal", "Dog", "Engine"), "sigmoid")
+    assert manifest.context_labels == ("Human vocal", "Dog", "Engine")
+    assert "Human vocal" not in manifest.label_ids
+
+
+@pytest.mark.parametrize(("context", "match"), [
+    ({"name": "c", "labels": []}, "non-empty list"), ({"name": "c", "labels": ["Dog", "Dog"]}, "appears twice"),
+    ({"name": "c", "labels": ["a,b"]}, "names like"), ({"labels": ["Dog"]}, r"context\.name: missing"),
+    ({"name": "c", "labels": ["Dog"], "activation": "relu"}, "'relu' is not one of"),
+])
+def test_malformed_context_outputs_are_refused(raw, context, match):
+    raw["branches"][0]["outputs"]["context"] = context
+    refused(raw, match)
