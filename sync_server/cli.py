@@ -283,7 +283,7 @@ def token_revoke(name, db_target) -> None:
               help="The broker's port (default 8883 with --mqtt-host; for our own broker, a free one).")
 @click.option("--mqtt-bind", default="127.0.0.1", show_default=True,
               help="Where our own broker listens (0.0.0.0 for devices on the network).")
-@click.option("--own-broker", type=click.Choice(["auto", "mosquitto", "amqtt"]), default="auto", show_default=True,
+@click.option("--own-broker", type=click.Choice(["auto", "mosquitto", "in-process"]), default="auto", show_default=True,
               help="Which broker to start when no --mqtt-host is given.")
 @click.option("--username", default="sync-server", show_default=True, help="With --mqtt-host.")
 @click.option("--password", envvar="EXPLORER_INGEST_PASSWORD", default="", help="Or $EXPLORER_INGEST_PASSWORD.")

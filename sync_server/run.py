@@ -7,11 +7,9 @@ itself, listening for the devices, and stops it when it stops:
   its configuration generated in `broker/` beside a SQLite database (a temporary folder with
   PostgreSQL), with persistence there, so a device's unreceipted messages and the ingest's
   session survive a restart of the server;
-- else amqtt in this process (a thread running its asyncio loop). amqtt speaks MQTT 3.1.1 only,
-  and the devices and the ingest speak MQTT 5 (reason codes, session expiry, shared
-  subscriptions), so against it the ingest's CONNECT is refused: `run` then stops and says to
-  install Mosquitto or name a broker (`OwnBrokerError`), rather than serve an API no device can
-  feed.
+- else our own MQTT 5 broker in this process (sync_server/broker/: asyncio on a daemon thread,
+  loopback by default, no TLS or passwords), its sessions and retained messages saved in the
+  same `broker/` folder at a clean stop and read back at the next start.
 
 The API (uvicorn) runs in the main thread; the Ingestor runs its MQTT client and committer
 threads as `explorer-server ingest` starts them. SIGINT/SIGTERM stop uvicorn (its own
@@ -21,7 +19,6 @@ A fatal ingest error (refused login, lost TLS) stops the API too, and `run` exit
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -36,17 +33,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sync_server.ingest import BrokerSettings, IngestError, Ingestor
+from sync_server.ingest import BrokerSettings, Ingestor
 
 log = logging.getLogger("explorer.run")
 
 BROKER_START_TIMEOUT_S = 10.0
 """Mosquitto listens within milliseconds; ten seconds without it means it will not."""
-OWN_BROKER_KINDS = ("auto", "mosquitto", "amqtt")
+OWN_BROKER_KINDS = ("auto", "mosquitto", "in-process")
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto")
 """apt installs it in /usr/sbin, which is not on every user's PATH."""
-AMQTT_REFUSES = ("the in-process broker (amqtt) speaks MQTT 3.1.1 only, and the ingest and the devices speak "
-                 "MQTT 5: install Mosquitto (apt install mosquitto) or give --mqtt-host")
 
 
 class OwnBrokerError(RuntimeError):
@@ -132,75 +127,17 @@ class MosquittoChild:
             process.wait()
 
 
-class InProcessBroker:
-    """amqtt's broker on its own asyncio loop in a daemon thread (see the module docstring)."""
-
-    kind = "amqtt"
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._broker = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "InProcessBroker":
-        try:
-            from amqtt.broker import Broker
-        except ImportError:
-            raise OwnBrokerError("no broker to start: Mosquitto is not installed and neither is amqtt "
-                                 "(pip install amqtt); or give --mqtt-host") from None
-        config = {"listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-                  "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                self._broker = Broker(config, loop=loop)
-                loop.run_until_complete(self._broker.start())
-            except BaseException as exc:  # noqa: BLE001 (reported to the starting thread)
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=serve, name="explorer-amqtt", daemon=True)
-        self._thread.start()
-        started.wait(BROKER_START_TIMEOUT_S)
-        if failure or not _wait_listening(self.host, self.port, self._thread.is_alive):
-            raise OwnBrokerError(f"amqtt on {self.host}:{self.port} did not start: "
-                                 f"{failure[0] if failure else 'not listening'}")
-        return self
-
-    def stop(self) -> None:
-        loop, broker = self._loop, self._broker
-        if loop is None or not loop.is_running():
-            return
-        if broker is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(10)
-            except Exception as exc:  # noqa: BLE001 (stopping anyway)
-                log.warning("amqtt did not shut down cleanly: %s", exc)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-
 def start_own_broker(folder: Path, host: str = "127.0.0.1", port: int = 0, kind: str = "auto"):
-    """Start the broker `run` uses when none is named (Mosquitto if installed, else amqtt).
+    """Start the broker `run` uses when none is named (Mosquitto if installed, else our own in-process one).
 
     Args:
-        folder: where Mosquitto's configuration, log and persistence go.
+        folder: where Mosquitto's configuration, log and persistence go (or the in-process broker's saved state).
         host: the address it listens on (127.0.0.1: this machine only; 0.0.0.0: devices on the LAN).
         port: its port (0: a free one).
-        kind: 'auto', or 'mosquitto' / 'amqtt' to insist on one.
+        kind: 'auto', or 'mosquitto' / 'in-process' to insist on one.
 
     Raises:
-        OwnBrokerError: the broker asked for is not installed, or did not start.
+        OwnBrokerError: the broker asked for is not installed, or did not start (its port taken).
     """
     if kind not in OWN_BROKER_KINDS:
         raise OwnBrokerError(f"broker kind {kind!r}: expected one of {', '.join(OWN_BROKER_KINDS)}")
@@ -210,35 +147,12 @@ def start_own_broker(folder: Path, host: str = "127.0.0.1", port: int = 0, kind:
         raise OwnBrokerError("mosquitto is not installed (apt install mosquitto)")
     if mosquitto is not None:
         return MosquittoChild(mosquitto, folder, host, port).start()
-    return InProcessBroker(host, port).start()
+    from sync_server.broker import OwnBroker  # MQTT 5 in this process: sync_server/broker/server.py
 
-
-def speaks_mqtt5(host: str, port: int, timeout_s: float = BROKER_START_TIMEOUT_S) -> bool:
-    """Whether the broker at host:port accepts an MQTT 5 CONNECT (a throwaway clean session)."""
-    import paho.mqtt.client as mqtt
-
-    answered = threading.Event()
-    accepted: list[bool] = []
-
-    def on_connect(client, userdata, flags, reason, properties) -> None:
-        accepted.append(not reason.is_failure)
-        answered.set()
-
-    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"explorer-run-probe-{os.getpid()}",
-                        protocol=mqtt.MQTTv5)
-    probe.on_connect = on_connect
-    probe.on_connect_fail = lambda client, userdata: answered.set()
     try:
-        probe.connect(host, port, keepalive=10)
-    except OSError:
-        return False
-    probe.loop_start()
-    try:
-        answered.wait(timeout_s)
-    finally:
-        probe.disconnect()
-        probe.loop_stop()
-    return bool(accepted and accepted[0])
+        return OwnBroker(host, port, folder=folder).start()
+    except OSError as exc:
+        raise OwnBrokerError(str(exc)) from None
 
 
 @dataclass
@@ -269,7 +183,7 @@ def run_server(store, settings: RunSettings) -> str | None:
         The fatal ingest error that stopped it, or None after a clean stop.
 
     Raises:
-        OwnBrokerError: our own broker could not start or cannot serve the ingest.
+        OwnBrokerError: our own broker could not start.
         IngestError: the ingest could not start (broker unreachable, login refused).
         OSError: the HTTP port cannot be bound.
     """
@@ -292,19 +206,12 @@ def run_server(store, settings: RunSettings) -> str | None:
             broker = start_own_broker(folder, settings.own_broker_host, settings.own_broker_port,
                                       settings.own_broker_kind)
             _announce(settings, "broker", f"mqtt://{broker.host}:{broker.port} ({broker.kind}, started by run)")
-            if broker.kind == "amqtt" and not speaks_mqtt5(broker.host, broker.port):
-                raise OwnBrokerError(AMQTT_REFUSES)
             mqtt = BrokerSettings(host=broker.host, port=broker.port, username="", tls=False)
         clips_dir = settings.clips_dir
         if clips_dir is None and store.sqlite_path is not None:
             clips_dir = store.sqlite_path.parent / "clips"
-        try:
-            runner = Ingestor(store, mqtt, clips_dir=clips_dir, clip_requests_below=settings.request_clips_below,
-                              retry_first_s=0.5).start()
-        except IngestError as exc:
-            if broker is not None and broker.kind == "amqtt":
-                raise OwnBrokerError(f"{AMQTT_REFUSES} ({exc})") from None
-            raise
+        runner = Ingestor(store, mqtt, clips_dir=clips_dir, clip_requests_below=settings.request_clips_below,
+                          retry_first_s=0.5).start()
         runner.subscribed.wait(BROKER_START_TIMEOUT_S)  # so 'listening' means devices' messages are taken
         _announce(settings, "ingest", f"mqtt://{mqtt.host}:{mqtt.port} into {store.label}")
         try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from tests.import_scan import REPO, imported_names, python_files, under
 
 CONTRACTS = {"device.contracts", "device.domain", "device.bundle", "device.engine", "device.analysis", "device.audio",
-             "device.home", "device.detect.decide"}
+             "device.home", "device.detect.decide", "device.naming"}
 """What sync_server/ may import from device/ (docs/ARCHITECTURE.md, "Who may import whom"): the
 wire payloads, the domain objects, the bundle format, and for /analyze the same data-home
-layout, decoding, windows, engine, thresholds and submission writer the Pi runs."""
+layout, decoding, windows, engine, thresholds and submission writer the Pi runs; and how a label
+is named to a person (device.naming), so a family reads the same on the Pi and in the exports."""
 
 
 def device_imports(path) -> set[str]:
