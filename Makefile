@@ -29,7 +29,7 @@ system-deps:
 	fi
 
 ## Run the device on a real recording kept in the repository, with the default El Silencio model
-## (built from the installed BirdNET and the committed frog head the first time, ~10 s).
+## (built from the installed BirdNET and the committed head the first time, ~10-20 s).
 demo: system-deps setup
 	@$(BIN)/explorer bundle path >/dev/null 2>&1 || $(BIN)/explorer export default-bundle
 	$(BIN)/explorer run --source $(EXAMPLE) --headless

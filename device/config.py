@@ -84,6 +84,60 @@ class ClipSettings:
     peak window: what the model heard when it was surest."""
 
 
+HUMAN_VOCAL_THRESHOLD = 0.05
+"""`[privacy] human_vocal_threshold`: a window whose BirdNET "Human vocal" score is over this keeps
+no audio. Chosen on the only real speech in the shared data (negatives/whisper_jfk_speech.flac, 11
+s), fitted on its FIRST half alone and tested (tests/device/run/test_privacy.py) on the second.
+Scores are the engine's: 5 s windows, sigmoid, max over the 3 s crops.
+
+- Speech alone: 0.805-0.898 on first-half windows (5 s, every 0.25 s), 0.849-0.880 on the second.
+- Every non-speech recording of recordings.csv and recordings_more.csv (5 s windows every 2.5 s,
+  491 windows): at most 0.004 on the BirdCLEF frogs, 0.003 on the 53 Colombian frog calls, 0.006
+  on the birds, 0.005 on the insects, 0.001 on the El Silencio soundscape and other/, 0.021 on the
+  mammals (jaguar), 0.024 on the 382 s BirdCLEF sample; the negatives' highest is a bee's buzz
+  (0.042), then the unlabelled sample, the jaguar, a tiger (0.018), a leopard (0.013), a bumble
+  bee (0.012); rain, thunder, wind and water stay under 0.005.
+- The first half mixed over each of the 13 in-space frog calls (speech RMS relative to the frog's
+  over 5 s): 0 dB 0.018-0.748, -10 dB 0.001-0.383, -20 dB 0.000-0.054. A talking voice a frog
+  call masks scores far lower than speech alone, so the lower the threshold, the more is withheld.
+
+The rule: the lowest round value above every non-speech window (0.042), so no animal call loses
+its clip on this data; any higher withholds fewer first-half windows (at 0.05: 11 of 13 at 0 dB,
+5 of 13 at -10 dB, 1 of 13 at -20 dB; at 0.1: 8, 3 and 0). Held out, the second half at 0.05: 13
+of 13 windows at 0 dB, 9 of 13 at -10 dB, 3 of 13 at -20 dB. Speech 20 dB under a frog call is
+mostly not heard as speech by BirdNET at any threshold this data allows; a person talking near
+the device, as a tour group does, is.
+
+BirdNET-Go's privacy filter uses 0.05 too, on the same sigmoid (its `sensitivity` 1.0) of one
+3 s chunk; ours takes the max over a 5 s window's two crops, so it withholds slightly more, and it
+drops only the clip (BirdNET-Go drops the detection), so a false alarm costs a clip, not a record.
+"""
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    enabled: bool = True
+    """Keep no audio of people: a detection in or next to a window whose "Human vocal" score is
+    over `human_vocal_threshold` (the window before it opened, any of its windows, the one that
+    closed it) is stored and synced without its clip, which is never written. On by default: a
+    tour group talks, and a clip on disk may later be uploaded."""
+    human_vocal_threshold: float = HUMAN_VOCAL_THRESHOLD
+    """See HUMAN_VOCAL_THRESHOLD for how 0.05 was chosen on real speech."""
+    suppress_while_loud: bool = False
+    """Open no detection while one of `loud_classes` is over `loud_threshold` (a loud window hears
+    nothing): BirdNET-Go users report false birds under engines, sirens, shots and fireworks.
+    Off by default: the reserve is quiet, and thunder, which BirdNET scores as Fireworks (0.922 on
+    the shared thunder), would also silence the frogs calling through a storm."""
+    loud_threshold: float = 0.5
+    """Probability over which a loud class suppresses detections: BirdNET's "more likely than not".
+    On the shared data no animal recording comes near it (Fireworks 0.342 on the 382 s BirdCLEF
+    sample, 0.101 on the El Silencio soundscape; Engine 0.030 on the frogs), while thunder
+    (Fireworks 0.922) and a bee's buzz (Engine 0.582) pass it."""
+    loud_classes: tuple[str, ...] = ("Engine", "Siren", "Gun", "Fireworks")
+    """Context outputs that suppress detections while loud (names as the bundle's `outputs.context`
+    lists them); a name the bundle lacks never suppresses."""
+
+
 @dataclass(frozen=True)
 class SyncSettings:
     enabled: bool = False
@@ -126,6 +180,7 @@ class Settings:
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     clips: ClipSettings = field(default_factory=ClipSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
 
     def with_overrides(self, **sections: dict[str, Any]) -> "Settings":
@@ -192,6 +247,8 @@ _RULES = {
     ("detection", "merge_gap_windows"): lambda v, w: _check_number(v, w, 0, 100),
     ("clips", "budget_mb"): lambda v, w: _check_number(v, w, 0),
     ("clips", "keep_per_species"): lambda v, w: _check_number(v, w, 0, 10_000),
+    ("privacy", "human_vocal_threshold"): lambda v, w: _check_number(v, w, 0, 1),
+    ("privacy", "loud_threshold"): lambda v, w: _check_number(v, w, 0, 1),
     ("sync", "port"): lambda v, w: _check_number(v, w, 1, 65535),
     ("sync", "interval_s"): lambda v, w: _check_number(v, w, 1, 86_400),
     ("sync", "receipt_timeout_s"): lambda v, w: _check_number(v, w, 1, 7 * 86_400),
@@ -199,6 +256,12 @@ _RULES = {
     ("sync", "clip_budget_mb_per_day"): lambda v, w: _check_number(v, w, 0, 100_000),
     ("sync", "clip_chunk_kb"): lambda v, w: _check_number(v, w, 1, 64),
 }
+
+
+def _check_names(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)) and all(isinstance(name, str) and name.strip() for name in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: expected a list of names, e.g. [\"Engine\", \"Siren\"], got {value!r}")
 
 
 def _check_thresholds(value: Any, where: str) -> None:
@@ -215,7 +278,9 @@ def _build_section(cls: type, values: dict[str, Any], source: str, section: str)
         if key not in fields:
             raise ConfigError(f"{where}: unknown key (known: {', '.join(fields)})")
         default = fields[key].default
-        if default is not dataclasses.MISSING and default is not None:
+        if isinstance(default, tuple):  # a TOML array of names (e.g. [privacy] loud_classes)
+            values[key] = value = _check_names(value, where)
+        elif default is not dataclasses.MISSING and default is not None:
             expected = type(default)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 values[key] = value = float(value)

@@ -112,6 +112,15 @@ class Prediction:
     (and "fusion" when the fusion graph's own output was not finite). Empty: fully scored."""
     failed_branches: tuple[str, ...] = ()
     """The unscored branches whose run raised (the rest gave non-finite scores)."""
+    context: dict[str, float] = field(default_factory=dict)
+    """Context scores (the bundle's `outputs.context`: "Human vocal", "Engine", ...) -> probability,
+    max over crops. Never labels: the privacy filter reads them and detections keep them. Empty
+    when the bundle has none; a score that was not finite is absent, never 0."""
+
+
+CLIP_WITHHELD_REASONS = ("privacy",)
+"""Why a detection has no clip and never will (`Detection.clip_withheld`): 'privacy', a person was
+heard talking in or next to it (device/detect/privacy.py)."""
 
 
 @dataclass
@@ -152,6 +161,14 @@ class Detection:
     coordinate_uncertainty_m: float | None = None
     """How far (metres) the detection may be from those coordinates (`[device]
     coordinate_uncertainty_m`; None without coordinates)."""
+    context_scores: dict[str, float] = field(default_factory=dict)
+    """Each context score (`Prediction.context`: "Human vocal", "Engine", ...) at its highest over
+    the windows merged into the event: what else was loud while the label was heard. Never a
+    label. Empty when the bundle has none, and for detections logged before they were kept."""
+    clip_withheld: str | None = None
+    """Why the detection has no clip and never will (one of CLIP_WITHHELD_REASONS), or None. Set
+    once a person was heard in or next to the event: the clip is never written and the server
+    knows not to wait for one."""
 
     def extend(
         self, prediction: Prediction, score: float, branch_scores: dict[str, float], secondary: bool
@@ -161,12 +178,18 @@ class Detection:
         self.ended_on = max(self.ended_on, window.ended_on)
         self.end_s = max(self.end_s, window.end_s)
         self.window_count += 1
+        self.add_context(prediction.context)
         if score > self.confidence:
             self.confidence = score
             self.branch_scores = branch_scores
             self.peak_start_s = window.start_s
         # An event is secondary only if the label never topped a window.
         self.secondary = self.secondary and secondary
+
+    def add_context(self, context: dict[str, float]) -> None:
+        """Keep each context score's highest value (a window's `Prediction.context`)."""
+        for name, value in context.items():
+            self.context_scores[name] = max(float(value), self.context_scores.get(name, 0.0))
 
 
 @dataclass(frozen=True)

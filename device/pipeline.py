@@ -7,6 +7,10 @@
     writer thread    owns the Store: commits detections (with their outbox message),
                      writes clips and applies clip retention, off the inference path.
 
+Privacy: a detection a person was heard in or next to (`Detection.clip_withheld`, decided by the
+detector: device/detect/privacy.py) is committed like any other, but its clip is never written;
+`clips_withheld` counts them beside `clips_written`.
+
 The UI never touches these threads: it reads `status()` snapshots and drains `ui_events`,
 a bounded queue whose drops are counted separately and never cost a window.
 """
@@ -70,6 +74,15 @@ class PipelineStatus:
     detections_opened: int = 0
     detections_closed: int = 0
     clips_written: int = 0
+    clips_withheld: int = 0
+    """Closed detections whose clip was never written because a person was heard in or next to
+    them (`[privacy]`); they are stored and synced, without audio."""
+    windows_private: int = 0
+    """Windows in which a person was heard (their "Human vocal" over `[privacy]
+    human_vocal_threshold`, or not scored by a bundle that has it)."""
+    windows_suppressed: int = 0
+    """Windows that heard nothing because an engine, siren, gun or fireworks was loud
+    (`[privacy] suppress_while_loud`, off by default)."""
     clip_errors: int = 0
     store_errors: int = 0
     ui_events_dropped: int = 0
@@ -105,7 +118,8 @@ class _StoreOp:
 
     def __post_init__(self):
         # Snapshot: the inference thread keeps mutating the live event.
-        self.detection = replace(self.event.detection, branch_scores=dict(self.event.detection.branch_scores))
+        live = self.event.detection
+        self.detection = replace(live, branch_scores=dict(live.branch_scores), context_scores=dict(live.context_scores))
 
 
 class Pipeline:
@@ -246,6 +260,8 @@ class Pipeline:
                     status.last_inference_ms = prediction.inference_s * 1000
                     status.windows_unscored += bool(prediction.unscored_branches)
                     status.branch_failures += len(prediction.failed_branches)
+                    status.windows_private += merged.private
+                    status.windows_suppressed += merged.suppressed is not None
                 self.ui_events.put(UiEvent("prediction", prediction=prediction))
         except Exception as exc:
             self._fail("inference", exc)
@@ -288,7 +304,10 @@ class Pipeline:
                         self._status.detections_closed += 1
                     if self.on_detection:
                         self.on_detection(op.detection)
-                    if self.settings.clips.enabled:
+                    if op.detection.clip_withheld:  # a person was heard: no audio of it, ever
+                        with self._lock:
+                            self._status.clips_withheld += 1
+                    elif self.settings.clips.enabled:
                         self._save_clip(store, op)
         except Exception as exc:
             self._fail("writer", exc)

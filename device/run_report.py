@@ -23,8 +23,9 @@ class RunReport:
     """The tour summary as text (`format_summary`), or None when there was no tour or it
     could not be read."""
     counters: str
-    """One line: windows, audio seconds, RTF, drops, detections, clips, and any window the
-    engine could not score."""
+    """One line: windows, audio seconds, RTF, drops, detections, clips (and those withheld
+    because a person was heard), and any window the engine could not score or the privacy
+    filter suppressed."""
     problem: str | None
     """Why the run failed or lost something (None: a clean run). A failed pipeline thread,
     detections or clips the disk refused."""
@@ -36,11 +37,14 @@ class RunReport:
 
 def counters_line(status) -> str:
     """The pipeline's counters as one line a person can read (windows the bundle could not
-    score are named only when there are any)."""
+    score, or the loud-sound option suppressed, are named only when there are any)."""
     line = (
         f"{status.windows_inferred} windows, {status.audio_s:.0f} s of audio, RTF {status.rtf:.3f}, "
-        f"{status.windows_dropped} dropped, {status.detections_closed} detections, {status.clips_written} clips"
+        f"{status.windows_dropped} dropped, {status.detections_closed} detections, {status.clips_written} clips, "
+        f"{status.clips_withheld} withheld for privacy"
     )
+    if status.windows_suppressed:
+        line += f", {status.windows_suppressed} windows suppressed while loud (engine, siren, gun or fireworks)"
     if status.windows_unscored or status.branch_failures:
         line += (f", {status.windows_unscored} windows not scored (NaN/infinity or a failed branch; "
                  f"{status.branch_failures} branch failures)")

@@ -10,6 +10,10 @@ atomically; then its detections, their outbox messages and its 'done' mark are c
 one transaction (`Store.save_watched_file_results`). A kill at any point leaves either
 nothing of the file in the log (it is still 'processing', so the next start analyses it
 again) or all of it, never its detections twice.
+
+Privacy: the watch folder writes no clips at all (its results are the CSV and the log), but its
+detections go through the same detector as a live run's, so one a person was heard in or next to
+carries `clip_withheld = "privacy"` all the same: the server then knows no clip will come.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ def process_file(store, settings: Settings, engine: Engine, path: Path, out_dir:
                     "their cells are empty in the CSV", path.name, unscored, len(rows))
     csv_path = write_submission(out_dir / f"{path.stem}.csv", engine.labels, rows)
     store.save_watched_file_results(path, size, mtime, [e.detection for e in closed], csv_path)
+    withheld = sum(bool(e.detection.clip_withheld) for e in closed)
+    if withheld:
+        log.info("%s: %d of %d detections were heard next to a person talking (marked clip withheld)",
+                 path.name, withheld, len(closed))
     return csv_path, len(closed)
 
 

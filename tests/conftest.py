@@ -44,12 +44,17 @@ def demo_home_template(tmp_path_factory) -> Path:
 @pytest.fixture
 def device_home(demo_home_template, tmp_path, monkeypatch):
     """A fresh data home for this test, with the demo bundle active; $EXPLORER_HOME points at it."""
+    return fresh_home(demo_home_template, tmp_path, monkeypatch)
+
+
+def fresh_home(template: Path, tmp_path: Path, monkeypatch):
+    """A copy of the data home `template` for one test, with $EXPLORER_HOME pointing at it."""
     import shutil
 
     from device.home import ExplorerHome
 
     root = tmp_path / "home"
-    shutil.copytree(demo_home_template, root, symlinks=True)
+    shutil.copytree(template, root, symlinks=True)
     monkeypatch.setenv("EXPLORER_HOME", str(root))
     return ExplorerHome.resolve(root)
 

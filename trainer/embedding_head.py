@@ -14,6 +14,12 @@ that trained nothing in its fold; on them we fit the calibration (one Platt scal
 all labels: a handful of held-out windows per label cannot support one per label) and pick
 each label's threshold. The final head is refit on everything and keeps that calibration.
 
+Trained from the shared data, a held-out test set (trainer/heldout.py: one recording per insect
+family, about half of each kind of negative) is taken out first: it trains nothing and sets no
+threshold, the final head is scored on it (`metrics["test"]`), and the device's end-to-end test
+runs it. Each label's training support (recordings, seconds, sources) is stored for the manifest
+(trainer/support.py).
+
 Rebuild the committed artefact (a few minutes on one core; seconds with a warm cache) with:
 
     python -m trainer.embedding_head --data ../shared/data --out exporter/artefacts/elsilencio_head.npz
@@ -35,18 +41,22 @@ from scipy.optimize import minimize
 
 from trainer.artefact import save_artefact
 from trainer.logistic import fit_logistic, sigmoid
-from trainer.metrics import roc_auc
-from trainer.augment import TAIL_S, WINDOW_S, WindowPlan, plan_clean, plan_mixes
+from trainer.augment import TAIL_S, WindowPlan, plan_clean, plan_mixes
 from trainer.embeddings import EMBEDDING_RECIPE, EmbeddingCache, birdnet_session, default_cache_dir, device_embedding, embed_plans
+from trainer.evaluation import evaluate, summary
+from trainer.evaluation import held_out_recordings as _held_out_recordings, window_sources as _sources
+from trainer.heldout import HELD_OUT_TEST, evaluate_test, relative_path, split_held_out
 from trainer.labelled import (
     LabelledClip, assign_folds, chunk_negatives, clip_duration, clips_from_recordings, read_labelled_list,
     split_single_recordings,
 )
+from trainer.support import training_support
 
-__all__ = ["Config", "EmbeddingHead", "device_embedding", "fit_logistic", "train", "main"]
+__all__ = ["Config", "EmbeddingHead", "device_embedding", "evaluate", "fit_logistic", "summary", "train", "main"]
 
 FOLDS = 3
-"""Allobates femoralis has three recordings: three folds hold each out once."""
+"""Allobates femoralis has three recordings: three folds hold each out once (the cicadas' six
+go two to a fold; a family with two training recordings is held out in two of the folds)."""
 L2 = 1e-1
 FEATURE_FLOOR = 1e-3
 """Smallest per-feature scale: a feature constant over training is not amplified."""
@@ -130,9 +140,19 @@ class EmbeddingHead:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Standardize over every window, then fit each label on the windows whose target it knows
+    (labels sharing a pattern of unknown targets are fit together: the fits are independent)."""
     mean = x.mean(axis=0)
     scale = np.maximum(x.std(axis=0), FEATURE_FLOOR)
-    weights, bias = fit_logistic((x - mean) / scale, y, l2)
+    z = (x - mean) / scale
+    weights, bias = np.zeros((x.shape[1], y.shape[1])), np.zeros(y.shape[1])
+    known = ~np.isnan(y)
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(y.shape[1]):
+        patterns.setdefault(known[:, j].tobytes(), []).append(j)
+    for cols in patterns.values():
+        rows = known[:, cols[0]]
+        weights[:, cols], bias[cols] = fit_logistic(z[rows], y[rows][:, cols], l2)
     return mean, scale, weights, bias
 
 
@@ -176,7 +196,8 @@ def fit_platt(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     its own. Unweighted, so a calibrated score is the frequency of the label among held-out
     windows that score alike (the training mix's prior, not the forest's).
     """
-    z, y = logits.ravel(), targets.ravel()
+    known = ~np.isnan(targets)
+    z, y = logits[known], targets[known]
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         u = theta[0] * z + theta[1]
@@ -192,6 +213,9 @@ def choose_thresholds(scores: np.ndarray, targets: np.ndarray, sources: list[str
     """Per label: the highest `NEGATIVE_QUANTILE` of its held-out negatives' scores over the
     kinds of negative (`sources`), raised above `known_negatives` (per label, the final head's
     highest score on real recordings it was told hold none of its labels), within THRESHOLD_RANGE.
+
+    Targets may be NaN (unknown): those windows are no negatives of the label, here or in
+    `known_negatives`.
 
     Chosen from the negatives (85 to 470 windows per kind) rather than by F1 over a label's few
     held-out positives, which would fit those two or three windows; and per kind, because one
@@ -215,76 +239,15 @@ def choose_thresholds(scores: np.ndarray, targets: np.ndarray, sources: list[str
     return np.clip(out, *THRESHOLD_RANGE)
 
 
-def evaluate(scores: np.ndarray, targets: np.ndarray, kinds: np.ndarray, sources: list[str],
-             thresholds: np.ndarray, label_ids: list[str], recordings: list[tuple[str, str, np.ndarray]]) -> dict:
-    """Recall and false positives per label, per source of negatives, and per recording.
-
-    Args:
-        kinds: "clean" or "mix" per window.
-        sources: per window, what a negative is: "soundscape", "call" (a species outside the
-            label space), either with " (padded)" when it is a file's zero-padded last window,
-            or "label" (it carries another label).
-        recordings: (group, label, indices of its clean windows): held out whole, as the
-            device would analyse them.
-    """
-    fired = scores >= thresholds
-    per_label = {}
-    for j, label in enumerate(label_ids):
-        pos = targets[:, j] > 0
-        row: dict[str, Any] = {"threshold": round(float(thresholds[j]), 4),
-                               "roc_auc": roc_auc(scores[:, j], pos)}
-        for kind in ("clean", "mix"):
-            mask = pos & (kinds == kind)
-            row[f"{kind}_windows"] = int(mask.sum())
-            row[f"{kind}_recall"] = float(fired[mask, j].mean()) if mask.any() else None
-        row["negative_windows"] = int((~pos).sum())
-        row["false_positives"] = int((fired[:, j] & ~pos).sum())
-        per_label[label] = row
-    negatives = targets.sum(axis=1) == 0
-    by_source = {}
-    for source in sorted(set(sources)):
-        mask = np.array([s == source for s in sources]) & (negatives if source != "label" else True)
-        if not mask.any():
-            continue
-        any_fire = fired[mask].any(axis=1) if source != "label" else (fired & (targets == 0))[mask].any(axis=1)
-        by_source[source] = {"windows": int(mask.sum()), "with_a_false_label": int(any_fire.sum())}
-    ranked = []
-    for group, label, idx in recordings:
-        j = label_ids.index(label)
-        best = scores[idx].max(axis=0)
-        ranked.append({"group": group, "label": label, "top1": bool(best.argmax() == j),
-                       "detected": bool(best[j] >= thresholds[j]), "score": round(float(best[j]), 4)})
-    def mean(key):
-        values = [row[key] for row in per_label.values() if row[key] is not None]
-        return float(np.mean(values)) if values else None
-    return {
-        "windows": int(len(scores)), "positive_windows": int((~negatives).sum()),
-        "macro_clean_recall": mean("clean_recall"), "macro_mix_recall": mean("mix_recall"),
-        "macro_roc_auc": mean("roc_auc"),
-        "negatives_by_source": by_source,
-        "recordings_top1": sum(r["top1"] for r in ranked), "recordings_detected": sum(r["detected"] for r in ranked),
-        "recordings": ranked, "per_label": per_label,
-    }
-
-
-def _sources(plans: list[WindowPlan], clips: list[LabelledClip]) -> list[str]:
-    out = []
-    for plan in plans:
-        top = clips[plan.layers[-1].clip]
-        source = "label" if plan.labels else "soundscape" if top.background else "call"
-        padded = plan.kind == "clean" and plan.layers[0].length_s < WINDOW_S - 1e-6
-        out.append(source + (" (padded)" if padded and not plan.labels else ""))
-    return out
-
-
-def _held_out_recordings(plans, clips, mask) -> list[tuple[str, str, np.ndarray]]:
-    """Each positive group's clean windows among the windows selected by `mask` (positions in it)."""
-    position = np.cumsum(mask) - 1
-    groups: dict[tuple[str, str], list[int]] = {}
+def window_targets(plans: list[WindowPlan], clips: list[LabelledClip], labels: list[dict[str, str]]) -> np.ndarray:
+    """[windows, labels]: 1 where the window carries the label, NaN where some of its audio is no
+    safe negative for the label's class (`LabelledClip.unsure`), else 0."""
+    y = np.zeros((len(plans), len(labels)))
     for i, plan in enumerate(plans):
-        if mask[i] and plan.kind == "clean" and plan.labels:
-            groups.setdefault((clips[plan.layers[0].clip].group_id, plan.labels[0]), []).append(int(position[i]))
-    return [(group, label, np.array(idx)) for (group, label), idx in sorted(groups.items())]
+        unsure = set().union(*(clips[layer.clip].unsure for layer in plan.layers))
+        for j, label in enumerate(labels):
+            y[i, j] = 1.0 if label["primary_label"] in plan.labels else np.nan if label["class_name"] in unsure else 0.0
+    return y
 
 
 def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Config = Config(),
@@ -310,7 +273,7 @@ def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Confi
     log(f"{len(clips)} clips in {len(fold_of)} groups, {config.folds} folds -> {len(plans)} windows")
     session, model_id = birdnet_session(cache_dir, threads)
     x = embed_plans(plans, clips, session, EmbeddingCache(cache_dir, model_id), log).astype(np.float64)
-    y = np.array([[lid in plan.labels for lid in label_ids] for plan in plans], np.float64)
+    y = window_targets(plans, clips, labels)
     kinds = np.array([plan.kind for plan in plans])
     sources = _sources(plans, clips)
     oof, held_in = cross_validate(x, y, [p.groups(clips) for p in plans], fold_of, config.folds, config.l2, log)
@@ -320,14 +283,16 @@ def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Confi
     held_sources = [s for s, h in zip(sources, held) if h]
     mean, scale, weights, bias = _fit(x, y, config.l2)
     head = EmbeddingHead(labels, mean, scale, weights.astype(np.float32), bias, calibration, np.zeros(len(labels)))
-    real_negatives = (kinds == "clean") & (y.sum(axis=1) == 0)
-    head.thresholds = choose_thresholds(held_scores, y[held], held_sources, head.scores(x[real_negatives]).max(axis=0))
+    real_negatives = (kinds == "clean") & ~(y > 0).any(axis=1)
+    known_negatives = np.where(y[real_negatives] == 0, head.scores(x[real_negatives]), -np.inf).max(axis=0)
+    head.thresholds = choose_thresholds(held_scores, y[held], held_sources, known_negatives)
     thresholds = head.thresholds
+    classes = [label["class_name"] for label in labels]
     head.metrics = {
         "held_out": evaluate(held_scores, y[held], kinds[held], held_sources, thresholds,
-                             label_ids, _held_out_recordings(plans, clips, held)),
+                             label_ids, _held_out_recordings(plans, clips, held), classes),
         "train": evaluate(head.scores(x), y, kinds, sources, thresholds, label_ids,
-                          _held_out_recordings(plans, clips, np.ones(len(plans), bool))),
+                          _held_out_recordings(plans, clips, np.ones(len(plans), bool)), classes),
     }
     head.training = {
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
@@ -340,43 +305,24 @@ def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Confi
                     "held_out": int(held.sum())},
         "clips": [{"path": _relative(c.path), "label": c.label, "start_s": c.start_s, "end_s": c.end_s,
                    "group": _relative(c.group_id), "fold": fold_of[c.group_id], "background": c.background,
-                   "license": c.license} for c in clips],
+                   "license": c.license, "source": c.source} for c in clips],
     }
     log(f"trained {len(labels)} labels in {time.perf_counter() - started:.1f} s")
     return head
 
 
-def _relative(path) -> str:
-    """Paths stored in the artefact without the trainer's machine-specific prefix."""
-    text = str(path)
-    return text.split("/shared/data/", 1)[-1]
-
-
-def summary(head: EmbeddingHead) -> str:
-    """A per-label table of the held-out metrics, for people."""
-    held = head.metrics["held_out"]
-    lines = [f"{'label':>8} {'thr':>5} {'clean':>9} {'mix':>9} {'FP':>9} {'AUC':>6}  name"]
-    names = {label["primary_label"]: label["scientific_name"] for label in head.labels}
-    for label, row in held["per_label"].items():
-        clean = f"{row['clean_recall']:.2f}/{row['clean_windows']}" if row["clean_recall"] is not None else "-"
-        mix = f"{row['mix_recall']:.2f}/{row['mix_windows']}" if row["mix_recall"] is not None else "-"
-        auc = f"{row['roc_auc']:.3f}" if row["roc_auc"] is not None else "-"
-        lines.append(f"{label:>8} {row['threshold']:5.2f} {clean:>9} {mix:>9} "
-                     f"{row['false_positives']:>4}/{row['negative_windows']:<4} {auc:>6}  {names[label]}")
-    lines.append(f"held-out recordings (parts): true label first {held['recordings_top1']}/{len(held['recordings'])}, "
-                 f"detected {held['recordings_detected']}/{len(held['recordings'])}")
-    for source, row in held["negatives_by_source"].items():
-        lines.append(f"negatives ({source}): {row['with_a_false_label']}/{row['windows']} windows with a false label")
-    return "\n".join(lines)
+_relative = relative_path
+"""Paths stored in the artefact without the trainer's machine-specific prefix."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the El Silencio embedding head on BirdNET embeddings.")
     parser.add_argument("--data", type=Path, required=True,
-                        help="the shared data folder (recordings.csv, taxonomy.csv)")
+                        help="the shared data folder (recordings.csv, recordings_more.csv, taxonomy.csv)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the .npz head")
     parser.add_argument("--list", type=Path, default=None,
-                        help="a labelled list (path,label[,start_s,end_s,group,background]) instead of recordings.csv")
+                        help="a labelled list (path,label[,start_s,end_s,group,background,license,source]) instead "
+                             "of the shared recording lists (no test set is held out of it)")
     parser.add_argument("--cache", type=Path, default=None, help=f"embedding cache (default {default_cache_dir()})")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (1 was fastest on 2 cores)")
     args = parser.parse_args(argv)
@@ -390,11 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     every = read_labelled_list(args.list) if args.list else clips_from_recordings(args.data)
     # Labels BirdNET names (the Little Tinamou) stay BirdNET's: their recordings become negatives.
     clips = [replace(c, label=None) if c.label in birdnet else c for c in every]
+    # The held-out test set names shared-data recordings; a guide's list is validated by its folds only.
+    clips, test = (clips, []) if args.list else split_held_out(clips, HELD_OUT_TEST)
     labels = labels_from_taxonomy(args.data / "taxonomy.csv", {c.label for c in clips if c.label})
     head = train(clips, labels, cache_dir=args.cache, threads=args.threads)
     head.site = [{"primary_label": t.primary_label, "scientific_name": t.scientific_name.strip(),
                   "common_name": t.common_name.strip(), "class_name": t.class_name} for t in taxonomy]
     head.training["left_to_birdnet"] = sorted({c.label for c in every if c.label in birdnet})
+    head.training["support"] = training_support(clips, labels)
+    head.training["held_out_test"] = [{"path": relative_path(c.path), "label": c.label,
+                                       "group": relative_path(c.group_id), "why": HELD_OUT_TEST[relative_path(c.path)]}
+                                      for c in test]
+    head.metrics["test"] = evaluate_test(head, test, args.cache or default_cache_dir(), args.threads)
     print(summary(head))
     print(f"wrote {head.save(args.out)} ({args.out.stat().st_size} bytes)")
     return 0

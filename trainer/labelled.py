@@ -6,7 +6,8 @@ no label is a negative (audio outside the label space); a clip flagged as backgr
 also be mixed under calls.
 
 Validation is by group: every clip belongs to a group that is held out as a whole. A
-recording is its own group, so a species with several recordings is validated
+recording is its own group unless it shares its source with others (three raccoon clips cut
+from one video are one group: `source_group`), so a species with several recordings is validated
 leave-one-recording-out; a species with one recording has it split in time into disjoint
 parts (`split_single_recordings`), and long negatives are cut into chunks, so that every
 fold holds out audio that trained nothing in that fold.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +28,26 @@ NEGATIVE_CHUNK_S = 30.0
 otherwise land in one fold whole)."""
 SINGLE_RECORDING_PARTS = 2
 """A species with one recording is split at its midpoint: two time-disjoint halves."""
+EXCLUDED = {
+    "audio/birdclef_train_audio/1.ogg": "species unknown; a BirdCLEF 2025 train clip may be one of our labels",
+}
+"""Shared recordings that are neither a positive nor a safe negative."""
+BACKGROUNDS = ("audio/elsilencio_soundscape/", "audio/birdclef_unlabeled/")
+"""Unlabelled soundscapes: the forest (and a BirdCLEF-format recording) that calls are mixed into."""
+NOT_SAFE_NEGATIVES = {
+    "audio/other/orni.wav": (("Insecta",), "Cicada orni is a cicada: Cicadidae (50186)"),
+    "audio/other/pellucens.wav": (("Insecta",), "Oecanthus pellucens, a tree cricket (Oecanthinae, in Gryllidae "
+                                                "52884 as iNaturalist classes it)"),
+}
+"""Rows whose species belongs to a family label although the row gives no label. The row's label
+is kept (no label: they train no family as a positive), but they are no negatives for the insects
+either: taken as negatives, orni.wav's score set the Cicadidae threshold (0.41).
+
+The unlabelled soundscapes stay negatives for every label although the El Silencio one holds
+steady bands at 3.7, 8.5 and 12 kHz (likely an insect chorus): made unknown for the insects,
+every mixed insect positive had a soundscape under it and no insect negative had one, and the
+head learned the forest itself (held-out Tettigoniidae: 18/18 mixed windows, 0/4 clean ones;
+exporter/artefacts/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,11 @@ class LabelledClip:
     background: bool = False
     """Unlabelled ambience that may be mixed under calls (it is a negative as well)."""
     license: str = ""
+    unsure: tuple[str, ...] = ()
+    """Classes this audio is no safe negative for (its targets there are unknown, not 0)."""
+    source: str = ""
+    """Where the recording came from (a repository or collection), for the manifest's
+    per-label training support."""
 
     @property
     def group_id(self) -> str:
@@ -55,7 +82,8 @@ class LabelledClip:
 
 
 def read_labelled_list(csv_path: Path, root: Path | None = None) -> list[LabelledClip]:
-    """Clips from a CSV with columns path, label and optionally start_s, end_s, group, background.
+    """Clips from a CSV with columns path, label and optionally start_s, end_s, group, background,
+    license, source.
 
     Paths are relative to `root` (default: the CSV's folder). An empty label is a negative.
 
@@ -81,37 +109,68 @@ def read_labelled_list(csv_path: Path, root: Path | None = None) -> list[Labelle
             clips.append(LabelledClip(
                 path=root / row["path"], label=(row["label"] or "").strip() or None, start_s=start, end_s=end,
                 group=row.get("group") or "", background=(row.get("background") or "").lower() in ("1", "yes", "true"),
+                license=row.get("license") or "", source=row.get("source") or "",
             ))
     return clips
 
 
-EXCLUDED = {
-    "audio/birdclef_train_audio/1.ogg": "species unknown; a BirdCLEF 2025 train clip may be one of our labels",
-}
-"""Shared recordings that are neither a positive nor a safe negative."""
-BACKGROUNDS = ("audio/elsilencio_soundscape/", "audio/birdclef_unlabeled/")
-"""Unlabelled soundscapes: the forest (and a BirdCLEF-format recording) that calls are mixed into."""
+RECORDING_LISTS = ("recordings.csv", "recordings_more.csv")
+"""The shared data's recording lists (same columns): the first, and the insects, mammals and
+negatives added in December 2026, kept apart until they were merged on purpose (issue 10)."""
+SOURCE_URL = re.compile(r"\bsource ((?:https?://)?[\w-]+(?:\.[\w-]+)+/[^\s);,]+)")
+"""The source a licence column names as a web address ("source youtube.com/watch?v=...",
+"source freesound.org/s/342105"): a domain and a path, so "source xeno-canto XC154190" (a
+catalogue number that names one recording) does not match."""
 
 
-def clips_from_recordings(data_dir: Path) -> list[LabelledClip]:
-    """The shared data's `recordings.csv` as a labelled list.
+def source_group(row: dict[str, str]) -> str:
+    """The group of a recordings.csv row: the source address its licence names, else its path.
 
-    In-space recordings are positives; `EXCLUDED` is left out; every other recording is a
-    negative, and the soundscapes are backgrounds as well. (The trainer leaves out the labels
-    BirdNET names, such as the Little Tinamou: a head trained on one recording of them would
-    only add false alarms.)
+    Clips edited out of one video or one freesound upload are one animal, one microphone and one
+    place: held out apart, one would predict the other (the three raccoon chatters share one
+    YouTube video; the two leopard calls, and the two squirrel calls, one source each).
+    """
+    found = SOURCE_URL.search(row.get("license") or "")
+    return f"source:{found.group(1)}" if found else row["path"]
+
+
+def read_recording_rows(data_dir: Path, lists: tuple[str, ...] = RECORDING_LISTS) -> list[dict[str, str]]:
+    """Every row of the shared data's recording lists, in list order.
+
+    Raises:
+        FileNotFoundError: a list is missing (named): training on fewer recordings than the
+            committed head would silently change the model.
+    """
+    rows = []
+    for name in lists:
+        path = Path(data_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: recording list missing (the head trains on {', '.join(lists)})")
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows += list(csv.DictReader(handle))
+    return rows
+
+
+def clips_from_recordings(data_dir: Path, lists: tuple[str, ...] = RECORDING_LISTS) -> list[LabelledClip]:
+    """The shared data's recording lists as a labelled list.
+
+    In-space recordings are positives with the label their row gives (a row with no label trains
+    no label, even where its species belongs to a family label: `NOT_SAFE_NEGATIVES`);
+    `EXCLUDED` is left out; every other recording is a negative, and the soundscapes are
+    backgrounds as well. Groups follow `source_group`. (The trainer leaves out the labels BirdNET
+    names, such as the Little Tinamou: a head trained on one recording of them would only add
+    false alarms.)
     """
     data_dir = Path(data_dir)
-    with open(data_dir / "recordings.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
     clips = []
-    for row in rows:
+    for row in read_recording_rows(data_dir, lists):
         label = row["primary_label"].strip() if row["in_label_space"] == "yes" else None
         if row["path"] in EXCLUDED:
             continue
         clips.append(LabelledClip(
-            path=data_dir / row["path"], label=label or None, group=row["path"],
+            path=data_dir / row["path"], label=label or None, group=source_group(row),
             background=row["path"].startswith(BACKGROUNDS), license=row["license"],
+            unsure=NOT_SAFE_NEGATIVES.get(row["path"], ((), ""))[0], source=row["source_repo"],
         ))
     return clips
 

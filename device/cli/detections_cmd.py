@@ -1,7 +1,8 @@
 """`explorer detections`: get the detection log out of the device.
 
 `export --format csv` writes one row per detection with species names (from the label
-facts recorded with each bundle, so no bundle needs to be loaded). `--format raven`
+facts recorded with each bundle, so no bundle needs to be loaded), and the name a person reads
+(a family as a family: "a cicada (Cicadidae)"). `--format raven`
 writes Raven Pro selection tables: tab-separated, one selection per detection, times as
 offsets within the source recording. Since those offsets only mean something within one
 file, Raven output is grouped by source: one table per source recording.
@@ -23,13 +24,17 @@ import click
 
 from device.cli.common import home_of
 from device.domain import iso_utc
+from device.naming import TaxonName, taxon_name
 
 CSV_COLUMNS = (
     "detection_id", "tour_id", "device_id", "label", "scientific_name", "common_name", "class_name",
-    "started_on", "ended_on", "source", "start_s", "end_s", "confidence", "secondary", "window_count",
+    "taxon_rank", "display_name", "started_on", "ended_on", "source", "start_s", "end_s", "confidence", "secondary", "window_count",
     "status", "close_reason", "verdict", "bundle_name", "bundle_version", "bundle_sha256", "branch_scores",
     "clip_path",
 )  # fmt: skip
+"""`taxon_rank` ('species', 'family'; '' without a name) and `display_name` ("a cicada
+(Cicadidae)", "Little Tinamou (Crypturellus soui)"; see device/naming.py) say how a person names
+the label: three labels are families, and a spreadsheet must not count one as a species."""
 
 # Raven Pro's own columns first (Selection ... High Freq), then annotation columns;
 # "Begin Path" and "File Offset (s)" are the names Raven and BirdNET use for the source.
@@ -46,13 +51,22 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _TABS = re.compile(r"[\t\r\n]+")
 
 
+def _name(record) -> TaxonName:
+    species = record.species
+    if species is None:
+        return taxon_name(None, None, None, record.detection.label)
+    return taxon_name(species.scientific_name, species.common_name, species.class_name, record.detection.label)
+
+
 def _csv_row(record) -> list:
     det, species = record.detection, record.species
     scores = {k: (None if math.isnan(v) else v) for k, v in det.branch_scores.items()}
+    name = _name(record)
     return [
         det.detection_id, det.tour_id or "", det.device_id, det.label,
         species.scientific_name if species else "", species.common_name if species else "",
-        species.class_name if species else "", iso_utc(det.started_on), iso_utc(det.ended_on), det.source,
+        species.class_name if species else "", name.rank or "", name.text,
+        iso_utc(det.started_on), iso_utc(det.ended_on), det.source,
         f"{det.start_s:.3f}", f"{det.end_s:.3f}", f"{det.confidence:.4f}", int(det.secondary), det.window_count,
         record.status, record.close_reason or "", record.verdict or "", det.bundle_name, det.bundle_version,
         det.bundle_sha256, json.dumps(scores, sort_keys=True), record.clip_path or "",
@@ -73,14 +87,17 @@ def _cell(value) -> str:
 
 
 def render_raven(records) -> str:
-    """One Raven selection table (records must all share one source)."""
+    """One Raven selection table (records must all share one source).
+
+    "Common Name" is what a person calls the label: "Little Tinamou", or for a family "a cicada"
+    (beside "Scientific Name" Cicadidae), never the family's plural as if it were a species."""
     lines = ["\t".join(RAVEN_COLUMNS)]
     for number, record in enumerate(sorted(records, key=lambda r: (r.detection.start_s, r.detection.end_s)), 1):
-        det, species = record.detection, record.species
+        det, name = record.detection, _name(record)
         high = record.clip_sample_rate_hz / 2 if record.clip_sample_rate_hz else DEFAULT_HIGH_FREQ_HZ
         row = [
             number, RAVEN_VIEW, 1, f"{det.start_s:.3f}", f"{det.end_s:.3f}", "0.0", f"{high:.1f}", det.label,
-            species.common_name if species else "", species.scientific_name if species else "",
+            name.common or name.scientific, name.scientific,
             f"{det.confidence:.4f}", det.source, f"{det.start_s:.3f}", det.detection_id, record.status,
             record.verdict or "",
         ]  # fmt: skip

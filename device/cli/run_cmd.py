@@ -13,11 +13,12 @@ from pathlib import Path
 import click
 
 from device.cli.common import home_of, settings_of
+from device.naming import taxon_name
 
 log = logging.getLogger("explorer")
 
 STATUS_EVERY_S = 30.0
-"""How often a headless live run logs its status line (RTF, drops, detections)."""
+"""How often a headless live run logs its status line (RTF, drops, detections, clips withheld)."""
 
 
 def configure_logging(home, verbose: bool) -> None:
@@ -40,7 +41,8 @@ def detection_printer(manifest):
 
     def print_detection(detection) -> None:
         label = names.get(detection.label)
-        species = f"{label.common_name} ({label.scientific_name}, {label.class_name})" if label else detection.label
+        species = (taxon_name(label.scientific_name, label.common_name, label.class_name, label.primary_label)
+                   .text_with(label.class_name) if label else detection.label)
         when = detection.started_on.strftime("%H:%M:%S")
         kind = "also heard" if detection.secondary else "heard"
         click.echo(
@@ -174,8 +176,9 @@ def run_headless(home, settings, engine, source_spec: str, realtime: bool):
                 s = pipeline.status()
                 mic = s.microphone
                 log.info(
-                    "%s: %d windows, RTF %.3f, %d dropped, %d detections%s%s",
+                    "%s: %d windows, RTF %.3f, %d dropped, %d detections, %d clips withheld for privacy%s%s",
                     s.source_state, s.windows_inferred, s.rtf, s.windows_dropped, s.detections_closed,
+                    s.clips_withheld,
                     f", level {mic.level_dbfs:.0f} dBFS, {mic.clipped_samples} clipped, {mic.reconnects} reconnects"
                     if mic is not None else "",
                     f", {s.windows_unscored} windows not scored ({s.branch_failures} branch failures)"

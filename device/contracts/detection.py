@@ -5,7 +5,7 @@ never the dataclass serialised wholesale), written by `payload_to_json`, and rea
 the server by `parse_payload`, which trusts nothing: anyone on the broker can publish.
 
 The field names and types are frozen by tests/device/contracts/test_detection_contract.py;
-read its header before changing anything here. Schema 2 (JSON object, every field required),
+read its header before changing anything here. Schema 3 (JSON object, every field required),
 what this release sends:
 
     schema           int, 2
@@ -34,12 +34,19 @@ what this release sends:
     longitude        float in [-180, 180] | null   longitude are both null or both set
     coordinate_uncertainty_m   float in (0, MAX_UNCERTAINTY_M] | null: metres; null when the
                      coordinates are (an uncertainty of nothing means nothing)
+    context_scores   object, context name ("Human vocal", "Engine", ...: the bundle's
+                     `outputs.context`) -> float in [0, 1], the highest over the event's
+                     windows; at most MAX_CONTEXT names; {} when the bundle has none. NOT labels:
+                     never a species
+    clip_withheld    str | null: "privacy" when a person was heard in or next to the event, so
+                     its clip was never written and none will come; null otherwise
 
-Schema 1 (releases before site and coordinates) is schema 2 without its last four fields; the
-server reads both (`parse_payload` gives a schema-1 payload those four as null, keeping its
-`schema` 1), so devices not yet upgraded keep delivering. A device of this release must not
-send to a server older than it (that server refuses schema 2 as "not a schema this version
-reads"): upgrade the server first.
+Schema 2 (releases before context scores) is schema 3 without its last two fields, and schema 1
+(before site and coordinates) is schema 2 without its last four. The server reads all three:
+`parse_payload` gives an older payload the fields it lacks as null (context_scores null: the
+sender did not say, unlike {}: it had none), keeping its `schema`, so devices not yet upgraded
+keep delivering. A device of this release must not send to a server older than it (that server
+refuses schema 3 as "not a schema this version reads"): upgrade the server first.
 """
 
 from __future__ import annotations
@@ -65,11 +72,11 @@ from device.contracts.checks import (
     nullable,
     check_number,
 )
-from device.domain import Detection, iso_utc, parse_iso_utc
+from device.domain import CLIP_WITHHELD_REASONS, Detection, iso_utc, parse_iso_utc
 
-SCHEMA = 2
+SCHEMA = 3
 """What this release sends."""
-SCHEMAS_READ = (1, 2)
+SCHEMAS_READ = (1, 2, 3)
 """What `parse_payload` accepts."""
 
 MAX_PAYLOAD_BYTES = 16_384
@@ -88,6 +95,9 @@ MAX_SITE_CHARS = 128
 """A site is a reserve's or a station's name: 128 characters is far more than any needs."""
 MAX_UNCERTAINTY_M = 20_037_509.0
 """Half the Earth's circumference: Darwin Core's largest meaningful coordinate uncertainty."""
+MAX_CONTEXT = 32
+"""Context scores one payload may carry: BirdNET's ten, three times over; bounds what a sender
+can make the server parse."""
 
 TOPIC_TEMPLATE = "explorer/{device_id}/detection"
 """Where a device publishes its detections; the device id in the topic lets the broker's
@@ -119,10 +129,16 @@ FIELDS: dict[str, str] = {
     "latitude": "latitude|null",
     "longitude": "longitude|null",
     "coordinate_uncertainty_m": "uncertainty|null",
+    "context_scores": "context_scores",
+    "clip_withheld": "withheld|null",
 }
 PLACE_FIELDS = ("site", "latitude", "longitude", "coordinate_uncertainty_m")
 """The fields schema 2 added (null in a schema-1 payload as parsed)."""
-FIELDS_V1: dict[str, str] = {name: kind for name, kind in FIELDS.items() if name not in PLACE_FIELDS}
+PRIVACY_FIELDS = ("context_scores", "clip_withheld")
+"""The fields schema 3 added (null in a schema-1 or schema-2 payload as parsed)."""
+FIELDS_V2: dict[str, str] = {name: kind for name, kind in FIELDS.items() if name not in PRIVACY_FIELDS}
+"""Schema 2's fields, frozen: what devices of the previous release send."""
+FIELDS_V1: dict[str, str] = {name: kind for name, kind in FIELDS_V2.items() if name not in PLACE_FIELDS}
 """Schema 1's fields, frozen: what devices not yet upgraded send."""
 
 
@@ -168,7 +184,7 @@ def _wire_number(value: float | None) -> float | None:
 
 
 def detection_to_payload(det: Detection, labels_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The schema-2 payload for a detection.
+    """The schema-3 payload for a detection.
 
     Args:
         det: the detection (its final state, when sent from the outbox).
@@ -206,6 +222,8 @@ def detection_to_payload(det: Detection, labels_meta: Mapping[str, Any] | None =
         "latitude": _wire_number(det.latitude),
         "longitude": _wire_number(det.longitude),
         "coordinate_uncertainty_m": _wire_number(det.coordinate_uncertainty_m),
+        "context_scores": {str(name): float(score) for name, score in det.context_scores.items()},
+        "clip_withheld": det.clip_withheld,
     }
     return validate_payload(payload)
 
@@ -218,8 +236,8 @@ def payload_to_json(payload: Mapping[str, Any]) -> str:
 def parse_payload(data: bytes | str) -> dict[str, Any]:
     """Decode and validate a received payload; return it as a dict of checked values.
 
-    A schema-1 payload comes back with the schema-2 fields it lacks as null (and `schema` 1),
-    so every reader sees one shape.
+    A schema-1 or schema-2 payload comes back with the fields it lacks as null (and its own
+    `schema`), so every reader sees one shape.
 
     Raises:
         ValueError: naming the first problem: oversize, not UTF-8, not JSON, NaN, a
@@ -229,14 +247,20 @@ def parse_payload(data: bytes | str) -> dict[str, Any]:
 
 
 def validate_payload(raw: Any) -> dict[str, Any]:
-    """Check a decoded payload (schema 1 or 2) field by field; return a normalised copy (floats
-    as float; a schema-1 payload completed with null place fields)."""
+    """Check a decoded payload (schema 1, 2 or 3) field by field; return a normalised copy
+    (floats as float; an older payload completed with null for the fields it lacks)."""
     if isinstance(raw, dict) and "schema" in raw and not (type(raw["schema"]) is int and raw["schema"] in SCHEMAS_READ):
         raise ValueError(f"payload.schema: {raw['schema']!r} is not a schema this version reads "
-                         f"({' or '.join(map(str, SCHEMAS_READ))})")
-    if isinstance(raw, dict) and raw.get("schema") == 1:
+                         f"({', '.join(map(str, SCHEMAS_READ[:-1]))} or {SCHEMAS_READ[-1]})")
+    schema = raw.get("schema") if isinstance(raw, dict) else None
+    if schema == 1:
         checked = check_object(raw, "payload", 1, _FIELD_CHECKS_V1)
         checked.update(dict.fromkeys(PLACE_FIELDS))
+        checked.update(dict.fromkeys(PRIVACY_FIELDS))
+    elif schema == 2:
+        checked = check_object(raw, "payload", 2, _FIELD_CHECKS_V2)
+        _check_place(checked)
+        checked.update(dict.fromkeys(PRIVACY_FIELDS))
     else:
         checked = check_object(raw, "payload", SCHEMA, _FIELD_CHECKS)
         _check_place(checked)
@@ -296,6 +320,21 @@ def _check_branch_scores(value: Any, where: str) -> dict[str, float | None]:
     }
 
 
+def _check_context_scores(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    if len(value) > MAX_CONTEXT:
+        raise ValueError(f"{where}: {len(value)} context scores is over the limit of {MAX_CONTEXT}")
+    return {_check_name(name, f"{where} key"): check_probability(score, f"{where}.{name}")
+            for name, score in value.items()}
+
+
+def _check_withheld(value: Any, where: str) -> str:
+    if type(value) is not str or value not in CLIP_WITHHELD_REASONS:
+        raise ValueError(f"{where}: {str(value)[:40]!r} is not one of {CLIP_WITHHELD_REASONS} (or null)")
+    return value
+
+
 _CHECKS = {
     "int": check_int,
     "uuid": check_uuid,
@@ -315,7 +354,10 @@ _CHECKS = {
     "latitude|null": nullable(check_latitude),
     "longitude|null": nullable(check_longitude),
     "uncertainty|null": nullable(_check_uncertainty),
+    "context_scores": _check_context_scores,
+    "withheld|null": nullable(_check_withheld),
 }
 _FIELD_CHECKS = {name: _CHECKS[kind] for name, kind in FIELDS.items()}
 """Each field's check, in FIELDS order (built once: the server checks thousands a second)."""
+_FIELD_CHECKS_V2 = {name: _CHECKS[kind] for name, kind in FIELDS_V2.items()}
 _FIELD_CHECKS_V1 = {name: _CHECKS[kind] for name, kind in FIELDS_V1.items()}

@@ -4,6 +4,11 @@ An event opens in the first window a label is heard, is extended by every follow
 that hears it again (overlapping windows included), and closes after `gap_windows` further
 windows without it, or when the source ends. The caller stores an event when it opens (so
 sound-to-log latency stays one window), updates it as it grows, and finalises it on close.
+
+Privacy (device/detect/privacy.py): each window comes with whether it is private (a person was
+heard). An event opened in or right after a private window, or open during one (heard in it, in
+its gap, or closed by it), gets `clip_withheld = "privacy"`, which never goes back to None: the
+pipeline then writes no clip of it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import numpy as np
 
 from device.detect.decide import Heard
 from device.domain import Detection, Prediction
+
+PRIVACY = "privacy"
+"""`Detection.clip_withheld` for an event a person was heard in or next to."""
 
 
 @dataclass
@@ -30,6 +38,10 @@ class MergeResult:
     opened: list[OpenEvent] = field(default_factory=list)
     extended: list[OpenEvent] = field(default_factory=list)
     closed: list[OpenEvent] = field(default_factory=list)
+    private: bool = False
+    """The window was private (a person heard): no event it touched keeps a clip."""
+    suppressed: str | None = None
+    """The loud class the window was suppressed for (it heard nothing), or None."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,8 @@ class EventMerger:
         self.stamp = stamp
         self.gap_windows = gap_windows
         self.open: dict[str, OpenEvent] = {}
+        self._last_private = False
+        """Whether the window pushed before was private: an event opening now is next to it."""
 
     def _branch_scores(self, prediction: Prediction, index: int) -> dict[str, float]:
         return {name: float(scores[index]) for name, scores in prediction.branch_scores.items()}
@@ -89,13 +103,17 @@ class EventMerger:
             latitude=self.stamp.latitude,
             longitude=self.stamp.longitude,
             coordinate_uncertainty_m=self.stamp.coordinate_uncertainty_m,
+            context_scores=dict(prediction.context),
         )
         return OpenEvent(detection, window.samples, window.sample_rate_hz)
 
-    def push(self, prediction: Prediction, heard: list[Heard]) -> MergeResult:
-        result = MergeResult()
+    def push(self, prediction: Prediction, heard: list[Heard], private: bool = False) -> MergeResult:
+        """Merge one window: `heard` its labels, `private` whether a person was heard in it."""
+        result = MergeResult(private=private)
         heard_now = {h.label: h for h in heard}
         for label in list(self.open):
+            if private:  # heard in, in the gap of, or closed by a private window
+                self.open[label].detection.clip_withheld = PRIVACY
             if label in heard_now:
                 continue
             event = self.open[label]
@@ -106,6 +124,8 @@ class EventMerger:
             event = self.open.get(label)
             if event is None:
                 event = self.open[label] = self._new(prediction, h)
+                if private or self._last_private:
+                    event.detection.clip_withheld = PRIVACY
                 result.opened.append(event)
                 continue
             before = event.detection.confidence
@@ -114,10 +134,12 @@ class EventMerger:
                 event.peak_audio, event.peak_rate_hz = prediction.window.samples, prediction.window.sample_rate_hz
             event.misses = 0
             result.extended.append(event)
+        self._last_private = private
         return result
 
     def flush(self) -> list[OpenEvent]:
         """Close every open event (the source ended or the run stops)."""
         closed = list(self.open.values())
         self.open.clear()
+        self._last_private = False
         return closed

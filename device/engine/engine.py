@@ -13,6 +13,13 @@ A branch that gives NaN or infinity on a window, or an optional branch that fail
 left out of that window's fusion and named in `Prediction.unscored_branches`; a label only
 unscored branches score (or any label an unscored REQUIRED branch scores) is fused to NaN,
 never to 0, so no detection opens from it and the submission leaves its cell empty.
+
+Context outputs (`outputs.context`: BirdNET's Human vocal, Dog, Engine, ...) are scored on every
+window like scores (activation, then max over crops) and given as `Prediction.context`, a
+name -> probability mapping that is never a label: the detector's privacy filter reads it and
+each detection keeps it as scores. A context score that is not finite is left out (logged and
+counted like a non-finite score), never read as 0; so is every context score of a branch left
+out of the window. `Engine.context_labels` says what a window could have held.
 """
 
 from __future__ import annotations
@@ -121,6 +128,10 @@ class Engine:
             if isinstance(width, int) and width != len(self.labels):
                 raise BundleError(f"fusion: the graph outputs {width} scores, the manifest lists {len(self.labels)} labels")
         self._mel_branch = next((b.name for b in manifest.branches if b.mel_output and b.name in self.sessions), None)
+        self.context_labels = tuple(dict.fromkeys(
+            name for s in self.sessions.values() for name in s.branch.context_labels))
+        """The context outputs the loaded branches declare (each name once): what
+        `Prediction.context` holds when every branch scored the window."""
 
     @property
     def branch_names(self) -> tuple[str, ...]:
@@ -219,6 +230,7 @@ class Engine:
         if self._mel_branch in outputs and outputs[self._mel_branch].mel is not None:
             mel = np.asarray(outputs[self._mel_branch].mel)[0]
         embedding = next((np.asarray(o.embedding).mean(axis=0) for o in outputs.values() if o.embedding is not None), None)
+        context = self._context(outputs, window)
         self.counters.windows += 1
         return Prediction(
             window=window,
@@ -230,4 +242,21 @@ class Engine:
             embedding=embedding,
             unscored_branches=tuple(unscored),
             failed_branches=tuple(failed),
+            context=context,
         )
+
+    def _context(self, outputs: dict[str, BranchOutput], window: Window) -> dict[str, float]:
+        """Each context output's probability, max over crops (and over branches that share a
+        name); a non-finite one is left out and logged."""
+        context: dict[str, float] = {}
+        for name, out in outputs.items():
+            if out.context is None:
+                continue
+            pooled = out.context.max(axis=0)
+            finite = np.isfinite(pooled)
+            if not finite.all():
+                self._nonfinite(f"branch {name}'s context output", window)
+            for label, value, ok in zip(self.sessions[name].branch.context_labels, pooled, finite):
+                if ok:
+                    context[label] = max(float(value), context.get(label, 0.0))
+        return context

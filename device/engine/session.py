@@ -2,7 +2,8 @@
 
 A `BranchSession` checks at load time that the device can feed the branch (its input is a
 float waveform whose length matches the manifest's window) and that the outputs the
-manifest names exist, so a bad bundle is refused before the first window, not during it.
+manifest names exist (with as many scores as the manifest lists labels, context outputs
+included), so a bad bundle is refused before the first window, not during it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,20 @@ class BranchOutput:
     """Probabilities over `Branch.score_labels`, one row per crop: [crops, labels]."""
     embedding: np.ndarray | None = None
     mel: np.ndarray | None = None
+    context: np.ndarray | None = None
+    """Probabilities over `Branch.context_labels` (BirdNET's Human vocal, Engine...), one row per
+    crop: [crops, context labels]; None when the branch declares no context output."""
+
+
+def activate(raw: np.ndarray, activation: str) -> np.ndarray:
+    """A manifest `activation` applied to a graph output: probabilities, float32."""
+    raw = raw.astype(np.float32, copy=False)
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-np.clip(raw, -60, 60)))).astype(np.float32)
+    if activation == "softmax":
+        shifted = np.exp(raw - raw.max(axis=-1, keepdims=True))
+        return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return np.clip(raw, 0.0, 1.0)
 
 
 class BranchSession:
@@ -76,26 +91,18 @@ class BranchSession:
             )
         self.batch = _fixed(shape[0])
         outputs = {o.name: o for o in self.session.get_outputs()}
-        wanted = [branch.scores_output, branch.embedding_output, branch.mel_output]
+        wanted = [branch.scores_output, branch.embedding_output, branch.mel_output, branch.context_output]
         missing = [name for name in wanted if name and name not in outputs]
         if missing:
             raise BundleError(f"{where}: the graph has no output(s) {missing} (it has {sorted(outputs)})")
-        labels_dim = _fixed(list(outputs[branch.scores_output].shape)[-1])
-        if labels_dim is not None and labels_dim != len(branch.score_labels):
-            raise BundleError(
-                f"{where}: output {branch.scores_output!r} has {labels_dim} scores, "
-                f"the manifest lists {len(branch.score_labels)} labels"
-            )
-        self.output_names = [name for name in wanted if name]
-
-    def _activate(self, raw: np.ndarray) -> np.ndarray:
-        raw = raw.astype(np.float32, copy=False)
-        if self.branch.activation == "sigmoid":
-            return (1.0 / (1.0 + np.exp(-np.clip(raw, -60, 60)))).astype(np.float32)
-        if self.branch.activation == "softmax":
-            shifted = np.exp(raw - raw.max(axis=-1, keepdims=True))
-            return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
-        return np.clip(raw, 0.0, 1.0)
+        for name, labels, what in ((branch.scores_output, branch.score_labels, "labels"),
+                                   (branch.context_output, branch.context_labels, "context labels")):
+            width = _fixed(list(outputs[name].shape)[-1]) if name else None
+            if width is not None and width != len(labels):
+                raise BundleError(
+                    f"{where}: output {name!r} has {width} scores, the manifest lists {len(labels)} {what}"
+                )
+        self.output_names = list(dict.fromkeys(name for name in wanted if name))
 
     def _run(self, crops: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.branch.input.name: crops})
@@ -108,7 +115,11 @@ class BranchSession:
             parts = [self._run(crops[i : i + 1]) for i in range(len(crops))]
             results = [np.concatenate([p[k] for p in parts]) for k in range(len(self.output_names))]
         named = dict(zip(self.output_names, results))
-        scores = self._activate(named[self.branch.scores_output].reshape(len(crops), -1))
-        embedding = named.get(self.branch.embedding_output) if self.branch.embedding_output else None
-        mel = named.get(self.branch.mel_output) if self.branch.mel_output else None
-        return BranchOutput(scores=scores, embedding=embedding, mel=mel)
+        branch = self.branch
+        scores = activate(named[branch.scores_output].reshape(len(crops), -1), branch.activation)
+        embedding = named.get(branch.embedding_output) if branch.embedding_output else None
+        mel = named.get(branch.mel_output) if branch.mel_output else None
+        context = None
+        if branch.context_output:
+            context = activate(named[branch.context_output].reshape(len(crops), -1), branch.context_activation)
+        return BranchOutput(scores=scores, embedding=embedding, mel=mel, context=context)

@@ -11,6 +11,10 @@ and then removes the file. A crash between the two leaves an orphan file, never 
 row pointing at nothing; so does a crash between a clip's rename and its row's commit.
 `sweep_orphan_clips` removes such files at start-up, so they never eat the clip budget
 unseen.
+
+Privacy: a detection whose row says `clip_withheld` (a person was heard in or next to it) never
+gets a clip: `Store.save_clip` refuses before a byte is written, and `add_clip` refuses to record
+one (so no file of it survives: the caller removes what it wrote), raising `ClipWithheldError`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ CLIP_FORMAT, CLIP_SUBTYPE = "FLAC", "PCM_16"
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 """No space, file-size limit, quota: each means "the clip does not fit", not a bug."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class ClipWithheldError(ValueError):
+    """A clip of a detection whose clip is withheld (`Detection.clip_withheld`): never kept."""
+
+
+def withheld_reason(db: sqlite_utils.Database, detection_id: str) -> str | None:
+    """Why this detection's clip is withheld ('privacy'), or None (also for an unknown id)."""
+    found = db.execute("SELECT clip_withheld FROM detection WHERE detection_id = ?", [detection_id]).fetchone()
+    return found[0] if found else None
+
+
+def refuse_withheld(detection_id: str, reason: str | None) -> None:
+    if reason:
+        raise ClipWithheldError(f"detection {detection_id}: its clip is withheld ({reason}: a person was heard "
+                                "in or next to it), so no clip of it is kept")
 
 
 @dataclass(frozen=True)
@@ -170,11 +190,13 @@ def add_clip(
 
     Raises:
         NotFoundError: no detection has that id.
+        ClipWithheldError: the detection's clip is withheld (nothing recorded).
         StoreError: the file is missing (size_bytes None).
     """
     found = db.execute("SELECT peak_start_s FROM detection WHERE detection_id = ?", [detection_id]).fetchone()
     if found is None:
         raise NotFoundError(f"cannot add a clip: no detection with id {detection_id!r}")
+    refuse_withheld(detection_id, withheld_reason(db, detection_id))
     if size_bytes is None:
         try:
             size_bytes = os.stat(path).st_size

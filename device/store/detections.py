@@ -22,7 +22,7 @@ from datetime import datetime
 import sqlite_utils
 
 from device.contracts.detection import detection_to_payload, detection_topic, payload_to_json
-from device.domain import Detection, iso_utc, parse_iso_utc, utc_now
+from device.domain import CLIP_WITHHELD_REASONS, Detection, iso_utc, parse_iso_utc, utc_now
 from device.store.bundles import LabelCatalog, LabelInfo, label_info, load_label_catalog
 from device.store.database import NotFoundError, StoreError
 from device.store.outbox import enqueue
@@ -34,18 +34,28 @@ _DETECTION_COLUMNS = (
     "detection_id", "device_id", "tour_id", "label", "started_on", "ended_on", "start_s", "end_s",
     "peak_start_s", "confidence", "branch_scores", "bundle_name", "bundle_version", "bundle_sha256",
     "source", "window_count", "secondary", "status", "close_reason", "created_on", "updated_on", "closed_on",
-    "site", "latitude", "longitude", "coordinate_uncertainty_m",
+    "site", "latitude", "longitude", "coordinate_uncertainty_m", "context_scores", "clip_withheld",
 )  # fmt: skip
 PLACE_COLUMNS = ("site", "latitude", "longitude", "coordinate_uncertainty_m")
-"""The columns migration 4 added (the last of _DETECTION_COLUMNS)."""
+"""The columns migration 4 added."""
+PRIVACY_COLUMNS = ("context_scores", "clip_withheld")
+"""The columns migration 5 added (the last of _DETECTION_COLUMNS)."""
 
 
 def upsert_sql(columns: tuple[str, ...]) -> str:
-    """The INSERT ... ON CONFLICT DO UPDATE that writes these columns of a detection row."""
+    """The INSERT ... ON CONFLICT DO UPDATE that writes these columns of a detection row.
+
+    A withheld clip stays withheld: once a row says `clip_withheld`, no later save clears it
+    (whatever the caller's Detection holds), so no clip can be written for it afterwards."""
+    def update(column: str) -> str:
+        if column == "clip_withheld":
+            return "clip_withheld = coalesce(detection.clip_withheld, excluded.clip_withheld)"
+        return f"{column} = excluded.{column}"
+
     return "INSERT INTO detection ({cols}) VALUES ({marks}) ON CONFLICT (detection_id) DO UPDATE SET {updates}".format(
         cols=", ".join(columns),
         marks=", ".join("?" for _ in columns),
-        updates=", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("detection_id", "created_on")),
+        updates=", ".join(update(c) for c in columns if c not in ("detection_id", "created_on")),
     )
 
 
@@ -59,11 +69,24 @@ def _finite(value: float, name: str, det: Detection) -> float:
     return value
 
 
+def _context_json(det: Detection) -> str:
+    scores = {}
+    for name, score in det.context_scores.items():
+        score = _finite(score, f"context score {name!r}", det)
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(
+                f"detection {det.detection_id} ({det.label}): context score {name!r} {score} is outside [0, 1]"
+            )
+        scores[str(name)] = score
+    return json.dumps(scores, sort_keys=True, allow_nan=False)
+
+
 def detection_to_row(det: Detection, *, status: str = "open", now: datetime | None = None) -> dict:
     """The `detection` row for a Detection.
 
     Branch scores become a JSON object with NaN (the branch does not score this label)
-    written as null, since JSON has no NaN.
+    written as null, since JSON has no NaN. Context scores become a JSON object too (a
+    non-finite one never reaches a Detection: the engine leaves it out).
 
     Raises:
         ValueError: a value the row cannot hold (NaN confidence, unknown status...).
@@ -75,6 +98,9 @@ def detection_to_row(det: Detection, *, status: str = "open", now: datetime | No
         raise ValueError(f"detection {det.detection_id} ({det.label}): confidence {confidence} is outside [0, 1]")
     if det.window_count < 1:
         raise ValueError(f"detection {det.detection_id} ({det.label}): window_count {det.window_count} < 1")
+    if det.clip_withheld is not None and det.clip_withheld not in CLIP_WITHHELD_REASONS:
+        raise ValueError(f"detection {det.detection_id} ({det.label}): clip_withheld {det.clip_withheld!r} "
+                         f"is not one of {CLIP_WITHHELD_REASONS}")
     scores = {}
     for branch, score in det.branch_scores.items():
         score = None if score is None else float(score)
@@ -108,12 +134,16 @@ def detection_to_row(det: Detection, *, status: str = "open", now: datetime | No
         "latitude": det.latitude,
         "longitude": det.longitude,
         "coordinate_uncertainty_m": det.coordinate_uncertainty_m,
+        "context_scores": _context_json(det),
+        "clip_withheld": det.clip_withheld,
     }
 
 
 def row_to_detection(row: dict) -> Detection:
-    """The Detection a `detection` row holds (null branch scores come back as NaN)."""
+    """The Detection a `detection` row holds (null branch scores come back as NaN; a row
+    logged before context scores were kept has none)."""
     scores = json.loads(row["branch_scores"])
+    context = row.get("context_scores")
     return Detection(
         label=row["label"],
         started_on=parse_iso_utc(row["started_on"]),
@@ -136,6 +166,8 @@ def row_to_detection(row: dict) -> Detection:
         latitude=row.get("latitude"),
         longitude=row.get("longitude"),
         coordinate_uncertainty_m=row.get("coordinate_uncertainty_m"),
+        context_scores={k: float(v) for k, v in json.loads(context).items()} if context else {},
+        clip_withheld=row.get("clip_withheld"),
     )
 
 

@@ -322,6 +322,24 @@ def add_places_and_tour_messages(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@migration(5)
+def add_context_scores_and_withheld_clips(db: sqlite_utils.Database) -> None:
+    """Context scores and privacy (detection payload schema 3: device/contracts/detection.py).
+
+    `detection` gains `context_scores` (JSON: "Human vocal", "Engine", ... -> the highest score
+    over the event's windows; never labels) and `clip_withheld` ('privacy': a person was heard in
+    or next to the event, so its clip was never written and never will be). Rows logged before
+    get NULL for both: their bundle's context was not kept, and their clips were not filtered.
+    """
+    statements = [
+        "ALTER TABLE detection ADD COLUMN context_scores TEXT "
+        "CHECK (context_scores IS NULL OR json_valid(context_scores))",
+        "ALTER TABLE detection ADD COLUMN clip_withheld TEXT CHECK (clip_withheld IS NULL OR clip_withheld IN ('privacy'))",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 def _bookkeeping_table(db: sqlite_utils.Database) -> None:
     db.execute(
         """CREATE TABLE IF NOT EXISTS schema_migration (

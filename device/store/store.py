@@ -272,9 +272,13 @@ class Store:
                 peak window start (`peak_start_s`).
 
         Raises:
+            ClipWithheldError: the detection's clip is withheld (`clip_withheld`, on the
+                Detection or its row): nothing is written.
             StoreError: the disk is full or the write failed; no partial file is left, and
                 no file is left without its row.
         """
+        clips.refuse_withheld(detection.detection_id, detection.clip_withheld or self._read(
+            "reading a detection", lambda db: clips.withheld_reason(db, detection.detection_id)))
         path = clips.write_clip(clips_dir, detection, samples, sample_rate_hz)
         try:
             self.add_clip(detection.detection_id, path, len(samples) / sample_rate_hz, sample_rate_hz, None, start_s)

@@ -21,6 +21,7 @@ from datetime import datetime
 import sqlite_utils
 
 from device.domain import iso_utc, parse_iso_utc, utc_now
+from device.naming import display_name
 from device.store.bundles import load_label_catalog
 from device.store.tours import Tour, get_tour
 
@@ -193,10 +194,9 @@ def format_moment(moment: datetime | None) -> str:
 
 
 def species_name(tally: SpeciesTally) -> str:
-    """'Little Tinamou (Crypturellus soui)', falling back to the bare label when unnamed."""
-    if tally.common_name and tally.scientific_name:
-        return f"{tally.common_name} ({tally.scientific_name})"
-    return tally.common_name or tally.scientific_name or tally.label
+    """'Little Tinamou (Crypturellus soui)', a family as a family ('a cicada (Cicadidae)', see
+    device/naming.py), falling back to the bare label when unnamed."""
+    return display_name(tally.scientific_name, tally.common_name, tally.class_name, tally.label)
 
 
 def format_summary(result: TourSummary) -> str:

@@ -126,12 +126,17 @@ def utc_day(moment: datetime) -> str:
 
 _WANTED = """
     WITH wanted AS (
-        SELECT detection_id, max(judged) AS judged FROM (
+        SELECT w.detection_id, max(w.judged) AS judged FROM (
             SELECT detection_id, 1 AS judged FROM feedback
             UNION ALL SELECT detection_id, 0 AS judged FROM clip_request
-        ) GROUP BY detection_id
+        ) w JOIN detection d ON d.detection_id = w.detection_id
+        WHERE d.clip_withheld IS NULL
+        GROUP BY w.detection_id
     )
 """
+"""Detections whose clip is wanted: judged or requested, and not withheld. A withheld clip (a
+person was heard: `detection.clip_withheld`) is never written, so there is none to send; the
+filter makes sure of it whatever a folder holds, and however a guide judges the detection."""
 
 
 def upload_candidates(db: sqlite_utils.Database, limit: int) -> list[UploadCandidate]:

@@ -23,6 +23,10 @@ waits for tomorrow (resuming where it stands), and smaller ones behind it may go
 way is never starved by one that started behind it. The bytes counted are whole payloads
 (header line and chunk), resends included. A clip larger than a day's budget is never sent.
 
+Never a withheld clip: a detection a person was heard in or next to (`clip_withheld`, carried in
+its payload so the server knows no clip will come) has none on disk, and the wanted clips leave
+it out (device/store/uploads.py), so a guide's verdict or a server's request for it sends nothing.
+
 Never ahead of detections: the worker runs a pass only after a drain left nothing pending
 (device/sync/worker.py), a pass sends at most WAKE_BYTES, and it stops between chunks as soon as
 `should_yield()` says new messages are queued. A clip's file is read on this thread, never the

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from device.domain import Detection
+from device.naming import TaxonName, taxon_name
+
+if TYPE_CHECKING:
+    from device.bundle.labels import TrainingSupport
 
 CALLING_NOW_S = 60.0
 """A species heard this recently (or with an event still open) is marked as calling now."""
@@ -72,6 +76,9 @@ class SpeciesRow:
     common_name: str
     scientific_name: str
     class_name: str
+    training: "TrainingSupport | None" = None
+    """How much audio taught the bundle this label (`device.bundle.labels.TrainingSupport`);
+    None when the manifest says nothing (or the label's facts came from the log)."""
     detections: list[HeardDetection] = field(default_factory=list)
     """Oldest first, at most RECENT_DETECTIONS (the counts below cover them all)."""
     heard: int = 0
@@ -85,6 +92,16 @@ class SpeciesRow:
     @property
     def kind(self) -> Kind:
         return kind_of(self.class_name)
+
+    @property
+    def name(self) -> TaxonName:
+        """How the screen names the label: a family as a family ("a cicada", "family Cicadidae")."""
+        return taxon_name(self.scientific_name, self.common_name, self.class_name, self.label)
+
+    @property
+    def few_training(self) -> int | None:
+        """The label's training recordings when the manifest marks them few, else None."""
+        return self.training.recordings if self.training is not None and self.training.few else None
 
     @property
     def latest(self) -> HeardDetection | None:
@@ -102,8 +119,17 @@ class SpeciesRow:
         return [d.detection.confidence for d in self.detections]
 
 
-SpeciesInfo = Callable[[str], "tuple[str, str, str] | None"]
-"""label -> (common name, scientific name, class name), or None for an unknown label."""
+class LabelFacts(NamedTuple):
+    """What the screen knows of a label: its names and class, and its training support."""
+
+    common_name: str
+    scientific_name: str
+    class_name: str
+    training: "TrainingSupport | None" = None
+
+
+SpeciesInfo = Callable[[str], "LabelFacts | tuple[str, str, str] | None"]
+"""label -> `LabelFacts` (or a plain (common, scientific, class) tuple), None for an unknown label."""
 
 
 class TourBoard:
@@ -180,8 +206,9 @@ class TourBoard:
     def _fold(self, detection: Detection, status: str, verdict: str | None) -> None:
         row = self._rows.get(detection.label)
         if row is None:
-            common, scientific, class_name = self._info(detection.label) or (detection.label, "", "")
-            row = self._rows[detection.label] = SpeciesRow(detection.label, common, scientific, class_name)
+            facts = LabelFacts(*(self._info(detection.label) or ("", "", "")))
+            row = self._rows[detection.label] = SpeciesRow(detection.label, facts.common_name, facts.scientific_name,
+                                                           facts.class_name, facts.training)
         heard = HeardDetection(detection, status, verdict)
         known = self._where.get(detection.detection_id)
         if known is not None:

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from device.tui.app import ExplorerApp
+from device.tui.board import LabelFacts
 from device.tui.feed import LiveFeed
 from device.tui.status import StatusCollector
 
@@ -20,8 +21,11 @@ log = logging.getLogger("explorer")
 
 
 def species_lookup(manifest, store):
-    """label -> (common, scientific, class): the running bundle first, then every bundle the log knows."""
-    names = {label.primary_label: (label.common_name, label.scientific_name, label.class_name) for label in manifest.labels}
+    """label -> `LabelFacts`: the running bundle first (names, class and the manifest's training
+    support, for the "few training recordings" mark), then every bundle the log knows (names and
+    class only: the log keeps no training support)."""
+    names = {label.primary_label: LabelFacts(label.common_name, label.scientific_name, label.class_name, label.training)
+             for label in manifest.labels} if manifest is not None else {}
     try:
         catalog = store.label_catalog()
     except Exception:  # an unreadable catalog only costs names of labels from older bundles
@@ -31,7 +35,7 @@ def species_lookup(manifest, store):
         if label in names:
             return names[label]
         info = catalog.get(label) if catalog is not None else None
-        return (info.common_name, info.scientific_name, info.class_name) if info else None
+        return LabelFacts(info.common_name, info.scientific_name, info.class_name) if info else None
 
     return lookup
 

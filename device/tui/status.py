@@ -62,6 +62,9 @@ class DeviceStatus:
     branch_failures: int = 0
     ui_events_dropped: int = 0
     detections: int = 0
+    clips_withheld: int = 0
+    """Detections stored without their clip because people were talking in or next to their
+    windows (the privacy filter; shown only when non-zero)."""
     pending_sync: int | None = None
     """Messages the server has not confirmed yet (pending + sent-unconfirmed): what is not safe
     off the device. None when the outbox could not be read."""
@@ -165,6 +168,7 @@ class StatusCollector:
             branch_failures=s.branch_failures,
             ui_events_dropped=s.ui_events_dropped,
             detections=s.detections_closed,
+            clips_withheld=s.clips_withheld,
             error=s.error,
             finished=s.finished,
             sync_error=self.sync.state.last_error if self.sync is not None else None,

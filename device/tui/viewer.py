@@ -20,6 +20,7 @@ import numpy as np
 from device.tui.app import ExplorerApp
 from device.tui.feed import UNCHANGED, FeedUpdate
 from device.tui.melstrip import pool_rows
+from device.tui.run import species_lookup
 from device.tui.status import DeviceStatus, Level
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,29 @@ class ViewerApp(ExplorerApp):
         return pool_rows(shown, rows)
 
 
-def species_from_log(store):
-    catalog = store.label_catalog()
+def species_from_log(store, manifest=None):
+    """label -> `LabelFacts` from the log's label facts, or first from `manifest` (the device's
+    active bundle, which alone says how much audio taught each label)."""
+    return species_lookup(manifest, store)
 
-    def lookup(label: str):
-        info = catalog.get(label)
-        return (info.common_name, info.scientific_name, info.class_name) if info else None
 
-    return lookup
+def active_manifest(home):
+    """The manifest of the home's active bundle, or None (none installed, or unreadable: the
+    view then names labels from the log and shows no "few training recordings" mark).
+
+    The device may run another bundle (`explorer run --bundle`); the mark then follows the
+    active one, which is the bundle a guide's device runs unless told otherwise.
+    """
+    from device.bundle.manifest import BundleError, read_manifest
+
+    bundle_dir = home.active_bundle()
+    if bundle_dir is None:
+        return None
+    try:
+        return read_manifest(bundle_dir)
+    except (BundleError, OSError, ValueError) as exc:
+        log.warning("phone view: the active bundle's manifest is unreadable (%s); names come from the log", exc)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         active = store.active_tour()
         app = ViewerApp(
-            SnapshotFeed(Path(args.state), store), store, species_from_log(store), active,
+            SnapshotFeed(Path(args.state), store), store, species_from_log(store, active_manifest(home)), active,
             can_review=token_sha256 is not None, can_play=False, review_token_sha256=token_sha256,
         )
         app.run()

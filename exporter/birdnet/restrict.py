@@ -9,10 +9,18 @@ Two ways to restrict, both exact:
   no size saving; kept to measure what restricting the output alone buys (nothing, as measured).
 
 The ``embedding`` output is untouched, so site heads trained on it keep working.
+
+Context outputs: BirdNET also scores sounds that are not species (``CONTEXT_CLASSES``: Human
+vocal, Dog, Engine, ...). Given ``context``, the restricted model keeps those columns as a SECOND
+output, ``context_logits`` (``MatMul(embedding, W[:, context]) + b[context]`` with ``slice``, a
+second Gather with ``gather``): the device scores them every window for its privacy filter and
+stores them per detection, never as labels. Ten columns of 1024 weights add 41 KB and one small
+MatMul: size and speed barely change (``python -m bench.default_cost``).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -22,39 +30,85 @@ from onnx import helper, numpy_helper
 
 from exporter.birdnet.convert import EMBEDDING_NAME, LOGITS_NAME
 
+CONTEXT_NAME = "context_logits"
+"""The graph output holding the context classes' logits (the manifest's ``outputs.context.name``)."""
+CONTEXT_CLASSES = (
+    "Human vocal", "Human non-vocal", "Human whistle", "Dog", "Engine", "Siren", "Gun", "Fireworks",
+    "Power tools", "Noise",
+)
+"""BirdNET V2.4's non-species classes that matter on a trail, by their exact label (BirdNET writes
+them as ``"Human vocal_Human vocal"``): people talking (the privacy filter), a guide's whistle,
+dogs, and the loud sounds BirdNET-Go users report false alarms under. Matched by the whole
+scientific name, never a substring: a search for "Power" or "Owl" would take ``Ninox strenua``
+(Powerful Owl), a bird."""
 
-def restrict_to_classes(
-    src: Path, dst: Path, indices: list[int] | tuple[int, ...], method: Literal["slice", "gather"] = "slice"
-) -> Path:
-    """Write a copy of ``src`` whose ``logits`` are ``logits[:, indices]`` of the original.
+
+def context_indices(labels, names: tuple[str, ...] = CONTEXT_CLASSES) -> list[int]:
+    """BirdNET's class index of each context class, in ``names`` order.
+
+    Args:
+        labels: ``exporter.birdnet.labels.read_birdnet_labels()``.
 
     Raises:
-        ValueError: an index is out of range or repeated, or (``slice``) the logits are not
-            produced by ``MatMul(embedding, W) + b`` with constant W and b.
+        ValueError: a name is not exactly one BirdNET label's scientific name.
+    """
+    out = []
+    for name in names:
+        found = [label.index for label in labels if label.scientific_name == name]
+        if len(found) != 1:
+            raise ValueError(f"BirdNET's labels hold {len(found)} classes named exactly {name!r} (expected one)")
+        out.append(found[0])
+    return out
+
+
+def restrict_to_classes(
+    src: Path, dst: Path, indices: list[int] | tuple[int, ...], method: Literal["slice", "gather"] = "slice",
+    context: list[int] | tuple[int, ...] | None = None,
+) -> Path:
+    """Write a copy of ``src`` whose ``logits`` are ``logits[:, indices]`` of the original and,
+    with ``context``, whose second output ``context_logits`` is ``logits[:, context]``.
+
+    Raises:
+        ValueError: an index is out of range or repeated (within ``indices`` or within
+            ``context``), or (``slice``) the logits are not produced by ``MatMul(embedding, W) + b``
+            with constant W and b.
     """
     model = onnx.load(str(src))
     graph = model.graph
     out = _output(graph, LOGITS_NAME)
     n_classes = out.type.tensor_type.shape.dim[1].dim_value
-    idx = np.asarray(list(indices), dtype=np.int64)
-    if idx.size == 0 or len(set(idx.tolist())) != idx.size or idx.min() < 0 or idx.max() >= n_classes:
-        raise ValueError(f"{src}: class indices must be distinct and within 0..{n_classes - 1}")
+    idx = _indices(indices, n_classes, src, "class")
+    ctx = None if context is None else _indices(context, n_classes, src, "context class")
     if method == "slice":
-        _slice_classifier(graph, idx, src)
+        _slice_classifier(graph, idx, src, ctx)
     elif method == "gather":
-        _gather_output(graph, idx)
+        _gather_output(graph, idx, ctx)
     else:
         raise ValueError(f"unknown restriction method {method!r}")
     out.type.tensor_type.shape.dim[1].dim_value = int(idx.size)
+    if ctx is not None:
+        context_out = copy.deepcopy(out)
+        context_out.name = CONTEXT_NAME
+        context_out.type.tensor_type.shape.dim[1].dim_value = int(ctx.size)
+        graph.output.append(context_out)
     props = {p.key: p.value for p in model.metadata_props}
     props["restricted_classes"] = str(int(idx.size))
     props["restricted_method"] = method
+    if ctx is not None:
+        props["context_classes"] = str(int(ctx.size))
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dst))
     return Path(dst)
+
+
+def _indices(values, n_classes: int, src: Path, what: str) -> np.ndarray:
+    idx = np.asarray(list(values), dtype=np.int64)
+    if idx.size == 0 or len(set(idx.tolist())) != idx.size or idx.min() < 0 or idx.max() >= n_classes:
+        raise ValueError(f"{src}: {what} indices must be distinct and within 0..{n_classes - 1}")
+    return idx
 
 
 def _output(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
@@ -64,7 +118,7 @@ def _output(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     raise ValueError(f"the model has no {name!r} output")
 
 
-def _slice_classifier(graph: onnx.GraphProto, idx: np.ndarray, src: Path) -> None:
+def _slice_classifier(graph: onnx.GraphProto, idx: np.ndarray, src: Path, ctx: np.ndarray | None) -> None:
     producers = {o: n for n in graph.node for o in n.output}
     inits = {t.name: t for t in graph.initializer}
     add = producers.get(LOGITS_NAME)
@@ -74,14 +128,21 @@ def _slice_classifier(graph: onnx.GraphProto, idx: np.ndarray, src: Path) -> Non
     w_name, b_name = matmul.input[1], add.input[1]
     if w_name not in inits or b_name not in inits:
         raise ValueError(f"{src}: classifier weights are not constants")
-    for name, take in ((w_name, lambda a: a[:, idx]), (b_name, lambda a: a[idx])):
+    for name in (w_name, b_name):
         if sum(name in n.input for n in graph.node) != 1:
             raise ValueError(f"{src}: classifier tensor {name!r} is shared with another node")
-        sliced = numpy_helper.from_array(np.ascontiguousarray(take(numpy_helper.to_array(inits[name]))), name)
-        inits[name].CopyFrom(sliced)
+    weights, bias = numpy_helper.to_array(inits[w_name]), numpy_helper.to_array(inits[b_name])
+    if ctx is not None:  # the context columns come out of the full classifier, before it is sliced
+        w_ctx, b_ctx, product = CONTEXT_NAME + "_W", CONTEXT_NAME + "_b", CONTEXT_NAME + "_matmul"
+        graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(weights[:, ctx]), w_ctx),
+                                  numpy_helper.from_array(np.ascontiguousarray(bias[ctx]), b_ctx)])
+        graph.node.extend([helper.make_node("MatMul", [EMBEDDING_NAME, w_ctx], [product], name="context_classifier"),
+                           helper.make_node("Add", [product, b_ctx], [CONTEXT_NAME], name="context_bias")])
+    inits[w_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weights[:, idx]), w_name))
+    inits[b_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(bias[idx]), b_name))
 
 
-def _gather_output(graph: onnx.GraphProto, idx: np.ndarray) -> None:
+def _gather_output(graph: onnx.GraphProto, idx: np.ndarray, ctx: np.ndarray | None) -> None:
     full = LOGITS_NAME + "_all"
     for node in graph.node:
         for k, name in enumerate(node.output):
@@ -94,3 +155,7 @@ def _gather_output(graph: onnx.GraphProto, idx: np.ndarray) -> None:
     graph.node.append(
         helper.make_node("Gather", [full, LOGITS_NAME + "_classes"], [LOGITS_NAME], name="site_classes", axis=1)
     )
+    if ctx is not None:
+        graph.initializer.append(numpy_helper.from_array(ctx, CONTEXT_NAME + "_classes"))
+        graph.node.append(helper.make_node("Gather", [full, CONTEXT_NAME + "_classes"], [CONTEXT_NAME],
+                                           name="context_classes", axis=1))

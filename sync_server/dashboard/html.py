@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from device.domain import taxon_rank
+from device.naming import taxon_name
 
 NAV = (("/", "Overview"), ("/species", "Species"), ("/detections", "Detections"), ("/devices", "Devices"))
 
@@ -124,31 +124,28 @@ def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], caption: Any = 
 
 
 def taxon(row: Mapping[str, Any]) -> Html:
-    """How a page names a detection's label: the common name, then the scientific one in
-    italics for a species, or 'family Cicadidae' (upright) for a family; the bare label when
-    the device sent no names (a bundle whose label facts it did not know)."""
-    common, scientific, label = row.get("common_name"), row.get("scientific_name"), row.get("label")
-    rank = taxon_rank(scientific)
-    parts = [tag("span", common, class_="common")] if common else []
-    if rank == "family":
-        family = f"family {scientific}"
-        parts.append(tag("span", f"({family})" if common else family, class_="family"))
-    elif scientific:
-        italic = tag("i", scientific, class_="scientific")
-        parts.append(join(["(", italic, ")"]) if common else italic)
+    """How a page names a detection's label (`device.naming.taxon_name`, as the guide's screen
+    does): the common words, then the scientific name, in italics for a species and upright for
+    a family ("a cicada (Cicadidae)": never dressed as a species); the bare label when the
+    device sent no names."""
+    name = _name(row)
+    parts = [tag("span", name.common, class_="common")] if name.common else []
+    if name.scientific and name.scientific not in name.common:
+        inner = (tag("i", name.scientific, class_="scientific") if name.italic
+                 else tag("span", name.scientific, class_=name.rank or "scientific"))
+        parts.append(join(["(", inner, ")"]) if name.common else inner)
     if not parts:
-        parts.append(tag("span", label, class_="label"))
-    return tag("span", join(parts, " "), class_="taxon", data_rank=rank, data_label=label)
+        parts.append(tag("span", name.label, class_="label"))
+    return tag("span", join(parts, " "), class_="taxon", data_rank=name.rank, data_label=name.label)
 
 
 def taxon_text(row: Mapping[str, Any]) -> str:
-    """The same name as plain text (a chart's <title>, a legend)."""
-    common, scientific, label = row.get("common_name"), row.get("scientific_name"), row.get("label")
-    if taxon_rank(scientific) == "family":
-        return f"{common} (family {scientific})" if common else f"family {scientific}"
-    if common and scientific:
-        return f"{common} ({scientific})"
-    return common or scientific or str(label)
+    """The same name as plain text (a chart's <title>, a legend): "a cicada (Cicadidae)"."""
+    return _name(row).text
+
+
+def _name(row: Mapping[str, Any]):
+    return taxon_name(row.get("scientific_name"), row.get("common_name"), row.get("class_name"), str(row.get("label")))
 
 
 def duration(seconds: float | None) -> str:

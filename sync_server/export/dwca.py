@@ -4,7 +4,9 @@ The archive (a zip) holds:
 
 - `occurrence.txt`, the core: one occurrence per detection (`occurrenceID` = the detection's
   UUID, `basisOfRecord` = MachineObservation, `eventDate` = the ISO interval the detection
-  spans, the taxon with `kingdom`, `class`, `taxonRank`, the coordinates the device sent, the
+  spans, the taxon with `kingdom`, `class`, `taxonRank` (a family-level label is `scientificName`
+  Cicadidae, `taxonRank` family, `family` Cicadidae and `vernacularName` the family's plural,
+  "Typical Cicadas", never a species), the coordinates the device sent, the
   model as `identifiedBy`, the guide's verdict as `identificationVerificationStatus`, the
   confidence in `identificationRemarks`), see `occurrence_fields`;
 - `measurementorfact.txt`: the confidence and each branch's score as measurements, so a
@@ -41,6 +43,7 @@ from xml.etree import ElementTree as ET
 from sync_server.export.eml import Coverage, DatasetInfo, eml_document
 from sync_server.export.tables import absolute_url
 from device.domain import taxon_rank
+from device.naming import display_name
 from sync_server.export.taxa import kingdom
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
@@ -130,6 +133,11 @@ def occurrence_fields(row: dict[str, Any], licence_url: str) -> dict[str, str]:
         "identificationRemarks": remarks, "samplingProtocol": SAMPLING_PROTOCOL,
         "dynamicProperties": json.dumps(properties, sort_keys=True), "license": licence_url,
     }
+
+
+def _display(row: dict[str, Any]) -> str:
+    """The clip's title names the label as a person reads it: "a cicada (Cicadidae)" for a family."""
+    return display_name(row["scientific_name"], row["common_name"], row["class_name"], row["label"])
 
 
 def measurement_rows(row: dict[str, Any]) -> list[dict[str, str]]:
@@ -251,7 +259,7 @@ def write_dwca(rows: Iterable[dict[str, Any]], out: Path, info: DatasetInfo | No
                         identifier = absolute_url(held["url"], base_url)
                     media.write(row["detection_id"], {
                         "type": "Sound", "format": "audio/flac", "identifier": identifier,
-                        "title": f"{row['common_name'] or row['scientific_name']} ({row['label']})",
+                        "title": f"{_display(row)} [{row['label']}]",
                         "created": row["started_on"], "license": info.licence_url,
                         "description": (f"{held['duration_s']} s clip from {held['start_s']} s into {row['source']} "
                                         f"on device {row['device_id']}, {held['sample_rate_hz']} Hz FLAC, sha256 "

@@ -4,9 +4,12 @@ its tables (crowsetta, opensoundscape, Koogu).
 A selection table annotates one audio file, so detections are grouped by where their audio came
 from: the device and its `source` (a recording file, or the live microphone's stream). Each table
 is Raven's tab-separated text with its standard columns (Selection, View, Channel, Begin Time (s),
-End Time (s), Low Freq (Hz), High Freq (Hz)) then ours: Species (the label, the annotation column
-tools ask for), Scientific Name, Common Name, Class, Confidence, Verification, Bundle, Begin Date
-Time (UTC) and Detection ID. Times are the detection's offsets within its source, so a researcher
+End Time (s), Low Freq (Hz), High Freq (Hz)) then ours: Species (the name a person reads, the
+annotation column tools ask for: "Little Tinamou (Crypturellus soui)", and for a family-level
+label "a cicada (Cicadidae)", never the family's plural as if it were a species; see
+device/naming.py), Species Code (the label, as BirdNET's tables call it), Scientific Name, Common
+Name (the taxonomy's, for a family its plural vernacular), Class, Taxon Rank, Confidence,
+Verification, Bundle, Begin Date Time (UTC) and Detection ID. Times are the detection's offsets within its source, so a researcher
 who opens the source file in Raven with the table sees each selection over its call.
 
 The detections carry no frequency band (the models score whole windows), so each selection
@@ -31,13 +34,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from device.naming import taxon_name
+
 COLUMNS = (
     "Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-    "Species", "Scientific Name", "Common Name", "Class", "Confidence", "Verification", "Bundle",
-    "Begin Date Time (UTC)", "Detection ID",
+    "Species", "Species Code", "Scientific Name", "Common Name", "Class", "Taxon Rank", "Confidence",
+    "Verification", "Bundle", "Begin Date Time (UTC)", "Detection ID",
 )
 ANNOTATION_COLUMN = "Species"
-"""The column a reader names as the annotation (crowsetta: `annot_col`)."""
+"""The column a reader names as the annotation (crowsetta: `annot_col`); the label itself is in
+"Species Code"."""
 VIEW = "Spectrogram 1"
 CHANNEL = 1
 """The device records mono, and Raven numbers channels from 1."""
@@ -74,9 +80,11 @@ def selection_fields(number: int, row: dict[str, Any]) -> list[str]:
     """One selection's cells, in `COLUMNS` order."""
     held = row.get("clip")
     high = held["sample_rate_hz"] / 2 if held and held.get("sample_rate_hz") else DEFAULT_HIGH_FREQ_HZ
+    name = taxon_name(row["scientific_name"], row["common_name"], row["class_name"], row["label"])
     return [_cell(v) for v in (
         number, VIEW, CHANNEL, float(row["start_s"]), float(row["end_s"]), 0.0, float(high),
-        row["label"], row["scientific_name"], row["common_name"], row["class_name"], float(row["confidence"]),
+        name.text, row["label"], row["scientific_name"], row["common_name"], row["class_name"], name.rank,
+        float(row["confidence"]),
         row["verification_status"], f"{row['bundle_name']} {row['bundle_version']}", row["started_on"],
         row["detection_id"],
     )]

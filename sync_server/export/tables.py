@@ -7,6 +7,9 @@ the server's business; the URL is what a researcher can fetch).
 
 Choices a reader needs to know:
 
+- `taxon_rank` and `display_name` name each label as a person reads it: a family-level label
+  (Cicadidae, Gryllidae, Tettigoniidae) is "family" and "a cicada (Cicadidae)", never a species.
+
 - CSV: UTF-8, a header line, `,` separated, RFC 4180 quoting; an empty field is null; booleans
   are `true`/`false`; floats are written with Python's `repr`, which reads back to the same
   double; timestamps are the row's ISO-8601 UTC text (`...Z`, milliseconds);
@@ -29,17 +32,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from device.domain import parse_iso_utc
+from device.naming import taxon_name
 
 COLUMNS = (
     "detection_id", "seq", "device_id", "tour_id", "tour_name", "site", "latitude", "longitude",
-    "coordinate_uncertainty_m", "label", "scientific_name", "common_name", "class_name",
-    "started_on", "ended_on", "start_s", "end_s", "source", "confidence", "branch_scores",
+    "coordinate_uncertainty_m", "label", "scientific_name", "common_name", "class_name", "taxon_rank",
+    "display_name", "started_on", "ended_on", "start_s", "end_s", "source", "confidence", "branch_scores",
     "bundle_name", "bundle_version", "bundle_sha256", "window_count", "secondary",
     "verdict", "verdict_on", "verification_status",
     "clip_id", "clip_url", "clip_sha256", "clip_size_bytes", "clip_sample_rate_hz", "clip_duration_s",
     "clip_start_s", "received_on",
 )
-"""The flat row, in column order (the API row with `clip` spread into `clip_*`, less its path)."""
+"""The flat row, in column order (the API row with `clip` spread into `clip_*`, less its path,
+and with `NAMED` after the label's facts)."""
+NAMED = ("taxon_rank", "display_name")
+"""Columns the row does not carry, derived from its scientific and common names
+(device/naming.py): `taxon_rank` is 'species' or 'family' (null without a scientific name) and
+`display_name` the name a person reads, "Little Tinamou (Crypturellus soui)" or, for a family,
+"a cicada (Cicadidae)": three labels are families, and a table that showed "Typical Cicadas"
+beside species names would be counted as one more species."""
 CLIP_FIELDS = {"clip_id": "clip_id", "clip_url": "url", "clip_sha256": "sha256", "clip_size_bytes": "size_bytes",
                "clip_sample_rate_hz": "sample_rate_hz", "clip_duration_s": "duration_s", "clip_start_s": "start_s"}
 """Flat column -> the row's clip field."""
@@ -57,6 +68,7 @@ PARQUET_SCHEMA = pa.schema([
     ("detection_id", _TEXT), ("seq", _INT), ("device_id", _TEXT), ("tour_id", _TEXT), ("tour_name", _TEXT),
     ("site", _TEXT), ("latitude", _FLOAT), ("longitude", _FLOAT), ("coordinate_uncertainty_m", _FLOAT),
     ("label", _TEXT), ("scientific_name", _TEXT), ("common_name", _TEXT), ("class_name", _TEXT),
+    ("taxon_rank", _TEXT), ("display_name", _TEXT),
     ("started_on", _TIME), ("ended_on", _TIME), ("start_s", _FLOAT), ("end_s", _FLOAT), ("source", _TEXT),
     ("confidence", _FLOAT), ("branch_scores", pa.map_(pa.string(), pa.float64())),
     ("bundle_name", _TEXT), ("bundle_version", _TEXT), ("bundle_sha256", _TEXT), ("window_count", _INT),
@@ -75,13 +87,20 @@ def absolute_url(url: str | None, base_url: str | None) -> str | None:
     return base_url.rstrip("/") + url
 
 
+def named_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """`taxon_rank` and `display_name` of a detection row (see `NAMED`)."""
+    name = taxon_name(row["scientific_name"], row["common_name"], row["class_name"], row["label"])
+    return {"taxon_rank": name.rank, "display_name": name.text}
+
+
 def flat_row(row: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
-    """A detection row with its clip spread into `clip_*` fields (the clip's path left out)."""
-    held = row.get("clip")
-    if held is None:
-        flat = {name: None if name in CLIP_FIELDS else row[name] for name in COLUMNS}
-    else:
-        flat = {name: held.get(CLIP_FIELDS[name]) if name in CLIP_FIELDS else row[name] for name in COLUMNS}
+    """A detection row with its clip spread into `clip_*` fields (the clip's path left out), and
+    its `NAMED` fields."""
+    held = row.get("clip") or {}
+    named = named_fields(row)
+    flat = {name: held.get(CLIP_FIELDS[name]) if name in CLIP_FIELDS else named[name] if name in named else row[name]
+            for name in COLUMNS}
+    if held:
         flat["clip_url"] = absolute_url(flat["clip_url"], base_url)
     return flat
 

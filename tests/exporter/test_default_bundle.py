@@ -1,4 +1,5 @@
-"""`explorer export default-bundle`: BirdNET for the birds, the embedding head for the frogs.
+"""`explorer export default-bundle`: BirdNET for the birds, the embedding head for the frogs,
+the three insect families and the two mammals.
 
 Built once for this module through the real command (about 7 s: convert, slice, LiteRT and
 fusion checks on the example recordings, sign, install).
@@ -51,7 +52,7 @@ def test_the_command_builds_installs_and_activates_it(built):
     assert verify_bundle(path, home.trusted_keys).manifest.name == NAME
 
 
-def test_birds_come_from_birdnet_and_frogs_from_the_head(built, head, shared_data):
+def test_birds_come_from_birdnet_and_the_rest_from_the_head(built, head, shared_data):
     home, path, _ = built
     manifest = verify_bundle(path, home.trusted_keys).manifest
     taxonomy = list(csv.DictReader(open(shared_data / "taxonomy.csv", newline="")))
@@ -65,8 +66,10 @@ def test_birds_come_from_birdnet_and_frogs_from_the_head(built, head, shared_dat
     assert set(manifest.label_ids) == set(branch.score_labels) | set(head.label_ids)
     assert manifest.fusion.kind == "onnx"
     assert manifest.fusion.inputs == (("birdnet", "scores"), ("birdnet", "embedding"))
-    assert manifest.provenance["coverage"] == {"Aves": [145, 146], "Amphibia": [14, 34], "Insecta": [0, 17],
-                                               "Mammalia": [0, 9]}
+    assert manifest.provenance["coverage"] == {"Aves": [145, 146], "Amphibia": [14, 34], "Insecta": [3, 17],
+                                               "Mammalia": [2, 9]}
+    assert len(manifest.labels) == 164 and {classes[label] for label in head.label_ids} == {"Amphibia", "Insecta",
+                                                                                             "Mammalia"}
     assert manifest.default_threshold == BIRD_THRESHOLD
     assert manifest.label_thresholds == {label: round(float(t), 4) for label, t in zip(head.label_ids, head.thresholds)}
 
@@ -75,17 +78,41 @@ def test_licence_and_attribution_travel_with_it(built):
     home, path, _ = built
     manifest = verify_bundle(path, home.trusted_keys).manifest
     assert manifest.license == LICENSE == "CC BY-NC-SA 4.0"
-    credits = ("BirdNET V2.4", "Kahl", "CC BY-NC-SA 4.0", "Allobates femoralis", "colombianfrogs", "Non-commercial")
+    credits = ("BirdNET V2.4", "Kahl", "CC BY-NC-SA 4.0", "Allobates femoralis", "colombianfrogs", "Rthoptera",
+               "CC BY-NC 4.0", "Cesare Brizio", "David Marshall", "About Zoos", "jnargus", "Non-commercial")
     for credit in credits:
         assert credit in manifest.attribution, credit
     assert manifest.provenance["rebuild"].startswith("python -m trainer.embedding_head")
+    terms = manifest.provenance["data_terms"]
+    assert "CC BY-NC 4.0" in terms["panchorivasf/Rthoptera (katydids, crickets, a scaly cricket)"]
+
+
+def test_every_label_says_how_much_audio_taught_it(built, head):
+    """The head's labels carry the artefact's counts; BirdNET's birds say BirdNET publishes none.
+    The guide's screen marks "few training recordings" below three independent recordings."""
+    home, path, _ = built
+    manifest = verify_bundle(path, home.trusted_keys).manifest
+    by_id = {label.primary_label: label for label in manifest.labels}
+    for lid, support in head.training["support"].items():
+        training = by_id[lid].training
+        assert (training.recordings, training.seconds, list(training.sources), training.note) == \
+               (support["recordings"], support["seconds"], support["sources"], support["note"]), lid
+    jaguar, cicadas, femoralis = by_id["41970"].training, by_id["50186"].training, by_id["21211"].training
+    assert jaguar.few and jaguar.recordings == 1 and "weak data" in jaguar.note
+    assert not cicadas.few and cicadas.recordings == 6 and not femoralis.few
+    birds = [label for label in manifest.labels if label.class_name == "Aves"]
+    assert len(birds) == 145 and "littin1" in {b.primary_label for b in birds}
+    for bird in birds:
+        assert bird.training.recordings is None and bird.training.seconds is None and not bird.training.few
+        assert bird.training.sources[0].startswith("BirdNET V2.4 (Kahl et al. 2021)")
+    assert sum(label.training.few for label in manifest.labels) == 17  # 13 frogs, 2 families, 2 mammals
 
 
 def test_every_check_passed_on_the_example_recordings(built):
     home, path, _ = built
     provenance = verify_bundle(path, home.trusted_keys).manifest.provenance
     parity = provenance["parity"]
-    assert {p["output"] for p in parity} == {"logits", "embedding", "logits/top5", "fusion"}
+    assert {p["output"] for p in parity} == {"logits", "embedding", "logits/top5", "fusion", "context_logits"}
     assert any("LiteRT" in p["reference"] for p in parity) and provenance["checks"] == "litert+onnx"
     assert all(p["passed"] for p in parity)
     # A fresh clone has no ../shared/data: the checks ran on the repository's examples/.
@@ -173,5 +200,5 @@ def test_without_litert_it_stops_unless_told_to_rely_on_the_onnx_checks(tmp_path
     assert result.exit_code == 0, result.output
     manifest = json.loads((home.active_bundle() / "manifest.json").read_text())
     assert manifest["provenance"]["checks"].startswith("onnx self-checks only")
-    assert {p["output"] for p in manifest["provenance"]["parity"]} == {"logits", "fusion"}
+    assert {p["output"] for p in manifest["provenance"]["parity"]} == {"logits", "fusion", "context_logits"}
     assert all(p["passed"] for p in manifest["provenance"]["parity"])

@@ -1,23 +1,25 @@
 """The embedding head trains on the shared recordings and holds up on audio it never trained on.
 
-The training run here is the real routine on the real recordings with a lighter augmentation
-budget (fewer mixes, a 2 s hop over calls, two padded tails per negative) so it takes about
-half a minute; the committed artefact uses the defaults. Bars are set well below what both
-measure (see exporter/artefacts/README.md) and far above chance (1 of 14 labels).
+The training run here is the real routine on the real recordings (both lists, less the held-out
+test set, as the CLI trains) with a lighter augmentation budget (fewer mixes, a 2 s hop over
+calls, two padded tails per negative) so it takes about a minute; the committed artefact uses
+the defaults. Bars are set well below what both measure (see exporter/artefacts/README.md) and
+far above chance (1 of 19 labels). The insects are the exception: held out by recording they are
+barely found (2 of 10 recording parts in both runs), and the bars below say so rather than hide it.
 
 The committed artefact's own metrics are recomputed from the recordings where that fits in the
-test's time: its clips and folds, and everything the committed weights give on the 827 clean
+test's time: its clips and folds, and everything the committed weights give on the 959 clean
 device windows (`test_the_committed_head_scores_the_recordings_as_it_says`). Its held-out
-metrics need the full run with the default augmentation (1,731 windows through BirdNET and four
-fits, ~3.5 minutes on the 2-core machine): `python -m trainer.embedding_head --data ../shared/data
---out /tmp/head.npz` reproduces them (measured: every count equal, ROC AUCs within 5e-5,
-thresholds within 2e-4, recording scores within 1e-4; the fit's last digits vary with the BLAS).
-Here they are checked for consistency with their own per-label and per-recording rows.
+metrics need the full run with the default augmentation (2,239 windows through BirdNET and four
+fits, ~3 minutes on the 2-core machine): `python -m trainer.embedding_head --data ../shared/data
+--out /tmp/head.npz` reproduces them. Here they are checked for consistency with their own
+per-label and per-recording rows.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -28,21 +30,32 @@ from exporter.default_bundle import ARTEFACT
 from exporter.manifest_builder import labels_from_taxonomy
 from trainer.augment import plan_clean, plan_mixes
 from trainer.embeddings import EmbeddingCache, birdnet_session, embed_plans
+from trainer.heldout import HELD_OUT_TEST, split_held_out
 from trainer.labelled import (
-    assign_folds, chunk_negatives, clip_duration, clips_from_recordings, read_labelled_list, split_single_recordings,
+    NOT_SAFE_NEGATIVES, assign_folds, chunk_negatives, clip_duration, clips_from_recordings, read_labelled_list,
+    split_single_recordings,
 )
 from trainer.embedding_head import (
     KNOWN_NEGATIVE_MARGIN, THRESHOLD_RANGE, Config, EmbeddingHead, _held_out_recordings, _relative, _sources, evaluate,
-    fold_split, train,
+    fold_split, train, window_targets,
 )
+from trainer.support import training_support
 
 LIGHT = Config(hop_positive_s=2.0, mixes_per_positive_group=8, mixes_per_negative_clip=1, tails_s=(0.1, 1.0))
 ALLOBATES = "21211"
+INSECTS = {"48124": "Tettigoniidae", "52884": "Gryllidae", "50186": "Cicadidae"}
+MAMMALS = {"41970": "Panthera onca", "41663": "Procyon lotor"}
 
 
 def head_clips(shared_data):
-    """recordings.csv as the trainer's CLI uses it: the Little Tinamou is BirdNET's, so a negative here."""
-    return [replace(c, label=None) if c.label == "littin1" else c for c in clips_from_recordings(shared_data)]
+    """The clips the trainer's CLI trains on: both recording lists, the Little Tinamou a negative
+    (it is BirdNET's), the held-out test set taken out."""
+    clips = [replace(c, label=None) if c.label == "littin1" else c for c in clips_from_recordings(shared_data)]
+    return split_held_out(clips)[0]
+
+
+def head_labels(shared_data, clips):
+    return labels_from_taxonomy(shared_data / "taxonomy.csv", {c.label for c in clips if c.label})
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +66,39 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(shared_data, cache):
     clips = head_clips(shared_data)
-    labels = labels_from_taxonomy(shared_data / "taxonomy.csv", {c.label for c in clips if c.label})
     log: list[str] = []
-    return train(clips, labels, LIGHT, cache_dir=cache, log=log.append), log
+    return train(clips, head_labels(shared_data, clips), LIGHT, cache_dir=cache, log=log.append), log
 
 
 def test_held_out_metrics_beat_the_bar(trained):
     head, _ = trained
     held = head.metrics["held_out"]
-    # Measured with this configuration: 29/29 held-out recording parts rank their label first,
-    # 27/29 detected, macro clean recall 0.92, macro ROC AUC 0.985, 1/88 soundscape windows and
-    # 5/66 out-of-space call windows with a false label. Chance top-1 is 1/14.
-    parts = len(held["recordings"])
-    assert parts == 29
-    assert held["recordings_top1"] >= 24
-    assert held["recordings_detected"] >= 20
-    assert held["macro_clean_recall"] >= 0.7
-    assert held["macro_roc_auc"] >= 0.95
+    # Measured with this configuration: 39/43 held-out recording parts rank their label first,
+    # 33/43 detected, macro clean recall 0.79, macro ROC AUC 0.964, 1/88 soundscape windows and
+    # 6/81 out-of-space call windows with a false label. Chance top-1 is 1/19.
+    assert len(held["recordings"]) == 43  # 29 frog parts, 10 insect recordings, 4 mammal halves
+    assert held["recordings_top1"] >= 32
+    assert held["recordings_detected"] >= 25
+    assert held["macro_clean_recall"] >= 0.6
+    assert held["macro_roc_auc"] >= 0.93
     soundscape = held["negatives_by_source"]["soundscape"]
     assert soundscape["with_a_false_label"] <= 0.05 * soundscape["windows"]
     calls = held["negatives_by_source"]["call"]
     assert calls["with_a_false_label"] <= 0.25 * calls["windows"]
+
+
+def test_per_class_results_are_reported_and_the_frogs_hold(trained):
+    """Measured: Amphibia 27/29 parts detected, clean recall 0.92; Insecta 2/10, clean recall 0.07
+    (one family's recordings do not predict another species of it); Mammalia 4/4 (halves of one
+    clip each: weak). No class names itself on more than 5 % of the windows holding none of it."""
+    head, _ = trained
+    per_class = head.metrics["held_out"]["per_class"]
+    assert set(per_class) == {"Amphibia", "Insecta", "Mammalia"}
+    assert [per_class[name]["labels"] for name in ("Amphibia", "Insecta", "Mammalia")] == [14, 3, 2]
+    assert per_class["Amphibia"]["recordings_detected"] >= 22 and per_class["Amphibia"]["macro_clean_recall"] >= 0.75
+    assert per_class["Insecta"]["recordings"] == 10 and per_class["Mammalia"]["recordings"] == 4
+    for name, row in per_class.items():
+        assert row["other_windows_with_a_false_label"] <= 0.05 * row["other_windows"], name
 
 
 def test_allobates_femoralis_is_validated_leave_one_recording_out(trained):
@@ -82,19 +107,65 @@ def test_allobates_femoralis_is_validated_leave_one_recording_out(trained):
     assert sorted(c["fold"] for c in clips) == [0, 1, 2]  # three recordings, each held out once
     row = head.metrics["held_out"]["per_label"][ALLOBATES]
     assert row["clean_windows"] >= 60
-    assert row["clean_recall"] >= 0.8  # measured 0.94 on recordings it never trained on
+    assert row["clean_recall"] >= 0.8  # measured 0.90 on recordings it never trained on
 
 
-def test_single_recording_species_are_held_out_in_time_disjoint_halves(trained, shared_data):
+def test_single_source_labels_are_held_out_in_time_disjoint_halves(trained):
+    """13 frogs, the jaguar (one clip) and the raccoon (three clips of one video: one source)."""
     head, _ = trained
     by_label: dict[str, list[dict]] = {}
     for clip in head.training["clips"]:
-        if clip["label"] and clip["label"] != ALLOBATES:
+        if clip["label"]:
             by_label.setdefault(clip["label"], []).append(clip)
-    assert len(by_label) == 13
-    for label, (first, second) in by_label.items():
-        assert first["path"] == second["path"] and first["end_s"] <= second["start_s"], label
-        assert first["fold"] != second["fold"], label
+    single = {label for label, rows in by_label.items() if all("#part" in row["group"] for row in rows)}
+    assert single == set(by_label) - {ALLOBATES, *INSECTS} and len(single) == 15
+    for label in single:
+        rows = by_label[label]
+        for path in {row["path"] for row in rows}:
+            first, second = sorted((row for row in rows if row["path"] == path), key=lambda row: row["start_s"])
+            assert first["end_s"] <= second["start_s"] and first["fold"] != second["fold"], (label, path)
+    raccoon = by_label["41663"]
+    assert len({row["path"] for row in raccoon}) == 3 and len({row["group"] for row in raccoon}) == 2
+
+
+def test_clips_of_one_source_are_one_group(shared_data):
+    """The licence column names a clip's source; clips cut from one video or upload are held out together."""
+    groups: dict[str, set[str]] = {}
+    for clip in clips_from_recordings(shared_data):
+        groups.setdefault(clip.group_id, set()).add(_relative(clip.path).rsplit("/", 1)[1])
+    shared = sorted(sorted(names) for names in groups.values() if len(names) > 1)
+    assert shared == [
+        ["minetest_sounds_leopard_roar_01.ogg", "minetest_sounds_leopard_saw_01.ogg"],
+        ["minetest_sounds_raccoon_chatter.ogg", "minetest_sounds_raccoon_chatter_baby_01.ogg",
+         "minetest_sounds_raccoon_chatter_baby_02.ogg"],
+        ["minetest_sounds_squirrel_01.ogg", "minetest_sounds_squirrel_02.ogg"],
+    ]
+    # A catalogue number is no source address: the four Long-billed Hermit files stay apart.
+    assert sum("Phae.long" in next(iter(names)) for names in groups.values()) == 4
+
+
+def test_the_held_out_test_set_keeps_sources_whole(shared_data):
+    clips = clips_from_recordings(shared_data)
+    train_clips, test = split_held_out(clips)
+    assert {_relative(c.path) for c in test} == set(HELD_OUT_TEST) and len(test) == 12
+    assert {c.label for c in test} == {*INSECTS, None}
+    with pytest.raises(ValueError, match="share a source"):
+        split_held_out(clips, {"audio/negatives/minetest_sounds_leopard_saw_01.ogg": "half a source"})
+    with pytest.raises(ValueError, match="not among the clips"):
+        split_held_out(clips, {"audio/negatives/no_such_file.ogg": "missing"})
+
+
+def test_rows_whose_species_is_in_a_family_label_are_no_insect_negatives(shared_data):
+    """orni.wav (a cicada) and pellucens.wav (a tree cricket) keep their row's no-label, so they
+    train no family, and are unknown (not 0) for the insect labels, 0 for the rest."""
+    clips = head_clips(shared_data)
+    labels = head_labels(shared_data, clips)
+    chosen = [c for c in clips if _relative(c.path) in NOT_SAFE_NEGATIVES]
+    assert len(chosen) == 2 and all(c.label is None for c in chosen)
+    plans = plan_clean(chosen, [clip_duration(c) for c in chosen], 1.0, 5.0, ())
+    y = window_targets(plans, chosen, labels)
+    insect = np.array([label["class_name"] == "Insecta" for label in labels])
+    assert np.isnan(y[:, insect]).all() and (y[:, ~insect] == 0).all()
 
 
 def test_no_audio_trains_and_is_held_out_in_the_same_fold(shared_data):
@@ -113,7 +184,11 @@ def test_no_audio_trains_and_is_held_out_in_the_same_fold(shared_data):
 
 def test_embeddings_are_cached_on_disk(trained, shared_data, cache):
     _, log = trained
-    assert any("computed, 0 from the cache" in line for line in log)
+    # A cold cache: every window computed, bar the rare one planned twice (a file-end tail that
+    # coincides with the last grid window is the same audio, so it is read back, not recomputed).
+    (line,) = [line for line in log if line.startswith("embeddings: ") and "from the cache" in line]
+    windows, computed = (int(word) for word in re.match(r"embeddings: (\d+) windows, (\d+) computed", line).groups())
+    assert computed >= 0.99 * windows, line
     clips = head_clips(shared_data)[:2]
     plans = plan_clean(clips, [clip_duration(c) for c in clips], 2.0, 5.0, ())
     session, model_id = birdnet_session(cache)
@@ -142,20 +217,54 @@ def test_a_generic_labelled_list_is_read_with_times_groups_and_backgrounds(tmp_p
         read_labelled_list(listing)
 
 
+def test_a_missing_recording_list_is_refused_by_name(tmp_path):
+    (tmp_path / "recordings.csv").write_text("path,primary_label,in_label_space,license,source_repo\n")
+    with pytest.raises(FileNotFoundError, match="recordings_more.csv: recording list missing"):
+        clips_from_recordings(tmp_path)
+
+
 def test_the_committed_artefact_is_small_and_was_trained_by_this_code(shared_data):
     assert ARTEFACT.stat().st_size < 300_000
     head = EmbeddingHead.load(ARTEFACT)
-    rows = list(csv.DictReader(open(shared_data / "recordings.csv", newline="")))
-    frogs = {r["primary_label"] for r in rows if r["in_label_space"] == "yes" and r["class_name"] == "Amphibia"}
-    assert set(head.label_ids) == frogs and len(frogs) == 14
+    rows = [r for name in ("recordings.csv", "recordings_more.csv")
+            for r in csv.DictReader(open(shared_data / name, newline=""))]
+    in_space = {r["primary_label"] for r in rows if r["in_label_space"] == "yes"} - {"littin1"}
+    assert set(head.label_ids) == in_space and len(in_space) == 19
+    classes = {label["primary_label"]: label["class_name"] for label in head.labels}
+    assert {lid for lid, c in classes.items() if c == "Insecta"} == set(INSECTS)
+    assert {lid for lid, c in classes.items() if c == "Mammalia"} == set(MAMMALS)
     assert head.training["left_to_birdnet"] == ["littin1"]
-    assert len(head.site) == 206 and head.weights.shape == (1024, 14)
+    assert len(head.site) == 206 and head.weights.shape == (1024, 19)
     assert head.training["config"] == {k: list(v) if isinstance(v, tuple) else v for k, v in Config().__dict__.items()}
     assert head.training["birdnet_tflite_sha256_16"] == sha256_file(find_birdnet_file())[:16]
     assert ((head.thresholds >= 0.2) & (head.thresholds <= 0.9)).all()
     assert head.calibration[0] > 0
     held = head.metrics["held_out"]
-    assert held["recordings_top1"] >= 24 and held["macro_roc_auc"] >= 0.95
+    assert held["recordings_top1"] >= 32 and held["macro_roc_auc"] >= 0.93
+
+
+def test_the_held_out_test_set_trained_nothing_and_is_scored_in_the_artefact(committed):
+    listed = committed.training["held_out_test"]
+    assert sorted(row["path"] for row in listed) == sorted(HELD_OUT_TEST)
+    trained_on = {row["path"] for row in committed.training["clips"]}
+    assert not trained_on & set(HELD_OUT_TEST)
+    assert not {row["group"] for row in committed.training["clips"]} & {row["group"] for row in listed}
+    test = committed.metrics["test"]
+    assert [row["path"] for row in test["recordings"]] == [row["path"] for row in listed]
+    assert test["negative_windows"] == 14
+
+
+def test_training_support_counts_independent_recordings(committed, shared_data):
+    """What the manifest tells a researcher: the artefact's counts follow from the training clips."""
+    clips = head_clips(shared_data)
+    support = committed.training["support"]
+    assert support == training_support(clips, committed.labels)
+    assert (support["41970"]["recordings"], support["41970"]["seconds"]) == (1, 1.39)
+    assert support["41663"]["recordings"] == 1 and "one video" in support["41663"]["note"]
+    assert [support[lid]["recordings"] for lid in INSECTS] == [2, 2, 6]  # one of each family held out
+    assert support[ALLOBATES]["recordings"] == 3
+    assert all(support[lid]["note"].startswith("family level") for lid in ("48124", "50186"))
+    assert support["48124"]["sources"] == ["Rthoptera R package (F. Rivas Fuenzalida, C. Brizio / xeno-canto)"]
 
 
 SCORE_TOLERANCE = 1e-4
@@ -165,8 +274,10 @@ THRESHOLD_TOLERANCE = 1e-5
 """A threshold the known-negative rule sets is one score plus the margin: recomputed here within
 2.4e-7 (float32 embedding rounding); 40x that for another machine."""
 SET_BY_KNOWN_NEGATIVES = {
-    "65373": "D. microcephalus: the El Silencio soundscape, 25-30 s (0.343)",
-    "65547": "H. tatayoi: a 0.6 s padded tail of the Leucostethus brachistriatus recording (0.428)",
+    "21038": "C. inguinalis: the BirdCLEF SampleAudio recording, 10-15 s (0.875)",
+    "41663": "P. lotor: the Boana punctata frog recording, 5-10 s (0.705)",
+    "48124": "Tettigoniidae: the El Silencio soundscape, 25-30 s (0.824)",
+    "65547": "H. tatayoi: a 0.6 s padded tail of the Leucostethus brachistriatus recording (0.402)",
 }
 """Labels whose committed threshold is the final head's best score on a negative recording plus
 KNOWN_NEGATIVE_MARGIN (every other label's comes from the held-out quantile, above that)."""
@@ -178,7 +289,7 @@ def committed() -> EmbeddingHead:
 
 
 def committed_clips(shared_data):
-    """The clips the trainer's CLI makes from recordings.csv, as the artefact records them."""
+    """The clips the trainer's CLI makes from the recording lists, as the artefact records them."""
     clips = chunk_negatives(split_single_recordings(head_clips(shared_data)))
     return clips, assign_folds(clips, Config().folds)
 
@@ -187,9 +298,10 @@ def test_the_committed_head_was_trained_on_these_clips_and_folds(committed, shar
     clips, fold_of = committed_clips(shared_data)
     rows = [{"path": _relative(c.path), "label": c.label, "start_s": c.start_s, "end_s": c.end_s,
              "group": _relative(c.group_id), "fold": fold_of[c.group_id], "background": c.background,
-             "license": c.license} for c in clips]
+             "license": c.license, "source": c.source} for c in clips]
     assert rows == committed.training["clips"]
-    assert len({row["path"] for row in rows}) == 69  # recordings.csv less birdclef_train_audio/1.ogg
+    # both lists less birdclef_train_audio/1.ogg (species unknown) and the 12 held-out recordings
+    assert len({row["path"] for row in rows}) == 69 + 36 - 12
 
 
 def test_the_committed_head_scores_the_recordings_as_it_says(committed, shared_data, cache, trained):
@@ -204,12 +316,12 @@ def test_the_committed_head_scores_the_recordings_as_it_says(committed, shared_d
     x = embed_plans(plans, clips, session, EmbeddingCache(cache, model_id), lambda line: None).astype(np.float64)
     scores = committed.scores(x)
     labels = committed.label_ids
-    targets = np.array([[label in plan.labels for label in labels] for plan in plans], np.float64)
+    targets = window_targets(plans, clips, committed.labels)
     recordings = _held_out_recordings(plans, clips, np.ones(len(plans), bool))
     ours = evaluate(scores, targets, np.array([p.kind for p in plans]), _sources(plans, clips), committed.thresholds,
                     labels, recordings)
     stored = committed.metrics["train"]
-    assert len(ours["recordings"]) == len(stored["recordings"]) == 29
+    assert len(ours["recordings"]) == len(stored["recordings"]) == 43
     for mine, theirs in zip(ours["recordings"], stored["recordings"]):
         assert {k: mine[k] for k in ("group", "label", "top1", "detected")} == \
                {k: theirs[k] for k in ("group", "label", "top1", "detected")}
@@ -220,7 +332,8 @@ def test_the_committed_head_scores_the_recordings_as_it_says(committed, shared_d
     for source in ("call (padded)", "soundscape (padded)"):  # kinds made of clean windows only
         assert ours["negatives_by_source"][source] == stored["negatives_by_source"][source]
 
-    known = scores[targets.sum(axis=1) == 0].max(axis=0) + KNOWN_NEGATIVE_MARGIN
+    negatives = ~(targets > 0).any(axis=1)
+    known = np.where(targets[negatives] == 0, scores[negatives], -np.inf).max(axis=0) + KNOWN_NEGATIVE_MARGIN
     assert (committed.thresholds >= np.clip(known, *THRESHOLD_RANGE) - THRESHOLD_TOLERANCE).all()
     bound = {label for label, t, k in zip(labels, committed.thresholds, known) if abs(t - k) <= THRESHOLD_TOLERANCE}
     assert bound == set(SET_BY_KNOWN_NEGATIVES)
@@ -230,13 +343,17 @@ def test_the_committed_held_out_summary_follows_from_its_rows(committed):
     held = committed.metrics["held_out"]
     rows, parts = held["per_label"], held["recordings"]
     assert list(rows) == committed.label_ids
-    assert held["recordings_top1"] == sum(p["top1"] for p in parts) == 28
-    assert held["recordings_detected"] == sum(p["detected"] for p in parts) == 25
+    assert held["recordings_top1"] == sum(p["top1"] for p in parts) == 39
+    assert held["recordings_detected"] == sum(p["detected"] for p in parts) == 32
     for key, macro in (("clean_recall", "macro_clean_recall"), ("mix_recall", "macro_mix_recall"),
                        ("roc_auc", "macro_roc_auc")):
         assert held[macro] == pytest.approx(np.mean([row[key] for row in rows.values()]), abs=1e-12)
+    classes = {label["primary_label"]: label["class_name"] for label in committed.labels}
+    for name, row in held["per_class"].items():
+        mine = [p for p in parts if classes[p["label"]] == name]
+        assert row["recordings"] == len(mine) and row["recordings_detected"] == sum(p["detected"] for p in mine)
     assert [row["threshold"] for row in rows.values()] == [round(float(t), 4) for t in committed.thresholds]
-    assert held["windows"] == committed.training["windows"]["held_out"] == 1098
+    assert held["windows"] == committed.training["windows"]["held_out"] == 1380
 
 
 def test_a_file_that_is_not_a_head_is_refused_by_name(tmp_path):

@@ -31,7 +31,8 @@ MARKS = (
     ("★ NEW", "first heard this tour, < 2 minutes ago"),
     ("♪ now", "heard in the last minute, or calling"),
     ("✓ yes / ✗ no", "a guide confirmed / rejected it"),
-    ("⚠", "clipping, dropped audio, low disk/battery"),
+    ("⚠", "clipping, dropped audio, low disk/battery; few training recordings (weigh it)"),
+    ("family …", "a group heard, not one species: \"a cicada\", family Cicadidae"),
 )
 
 def help_table() -> Table:

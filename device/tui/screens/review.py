@@ -41,7 +41,7 @@ def record_verdict(screen: Screen, detection_id: str, verdict: str) -> None:
     app.board.set_verdict(detection_id, verdict)
     if heard is not None:
         row = app.board.row(heard.detection.label)
-        name = row.common_name if row else heard.detection.label
+        name = row.name.heading if row else heard.detection.label  # "Little Tinamou", "a cicada"
         when = format_clock(heard.detection.started_on, app.tz, seconds=True)
         app.notify(f"{VERDICT_DONE[verdict]}: {name} heard at {when}")
     app.refresh_screens()

@@ -19,6 +19,16 @@ from device.tui.widgets.status_bar import format_clock
 STYLES = Path(__file__).parent.parent / "styles"
 
 
+def few_training_mark(row) -> Text | str:
+    """ "⚠ few training recordings (1)" when the bundle's manifest says the label was taught by
+    fewer than `device.bundle.labels.FEW_TRAINING_RECORDINGS` recordings, so a guide weighs the
+    detection accordingly; '' otherwise (enough recordings, or the manifest does not say)."""
+    count = row.few_training
+    if count is None:
+        return ""
+    return Text(f"⚠ few training recordings ({count})", style="bold")
+
+
 class SpeciesScreen(Screen):
     CSS_PATH = STYLES / "species.tcss"
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
@@ -31,6 +41,7 @@ class SpeciesScreen(Screen):
         with Vertical(id="names"):
             yield Static(id="common")
             yield Static(id="facts")
+            yield Static(id="training")
         with Horizontal(id="history"):
             yield Static("Confidence\nhistory", id="history-label")
             yield Sparkline([], id="sparkline")
@@ -49,15 +60,22 @@ class SpeciesScreen(Screen):
     def redraw(self) -> None:
         app = self.app
         row = app.board.row(self.label)
+        training = self.query_one("#training", Static)
         if row is None:
             self.query_one("#common", Static).update(Text(self.label, style="bold"))
             self.query_one("#facts", Static).update("Not heard on this tour.")
+            training.display = False
             return
         kind = row.kind
-        names = Text(row.common_name, style="bold")
-        names.append(f"  {row.scientific_name}", style="italic")
+        name = row.name
+        names = Text(name.heading, style="bold")
+        if name.subline:
+            names.append(f"  {name.subline}", style="italic" if name.italic else "")
         names.append(f"  {kind.symbol} {kind.label}")
         self.query_one("#common", Static).update(names)
+        mark = few_training_mark(row)
+        training.display = bool(mark)  # no line at all for a well-supported label
+        training.update(mark)
         rejected = f" ({row.rejected} rejected)" if row.rejected else ""
         facts = (
             f"{row.class_name or 'class unknown'}, label {row.label} · heard {row.heard}×{rejected} · first {format_clock(row.first_heard_on, app.tz, True)}"

@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from device.naming import taxon_name
 from device.store import StoreError
 from device.store.summary import TourSummary, format_duration
 from device.tui.board import kind_of
@@ -78,9 +79,10 @@ class SummaryScreen(Screen):
             table.add_row("", Text("Nothing heard yet.", style="italic"), "", "", "")
         for tally in result.species:
             kind = kind_of(tally.class_name)
-            name = Text(tally.common_name or tally.label, style="bold")
-            if tally.scientific_name:
-                name.append(f"  {tally.scientific_name}", style="italic")
+            named = taxon_name(tally.scientific_name, tally.common_name, tally.class_name, tally.label)
+            name = Text(named.heading, style="bold")
+            if named.subline:
+                name.append(f"  {named.subline}", style="italic" if named.italic else "")
             table.add_row(f"{kind.symbol} {kind.label}", name, f"{tally.detection_count}×",
                           format_clock(tally.first_heard_on, app.tz), format_clock(tally.last_heard_on, app.tz),
                           key=tally.label)

@@ -117,7 +117,10 @@ class SpeciesTable(ReviewTable):
     NAME_MIN = 18
     NAME_MAX = 44
     """Wider than the longest common name in our bundles; the rest of a wide screen stays calm."""
-    FIXED = 6 + 8 + 12 + 6 + 12 + 6 + 2
+    CLASS_WIDTH = 9
+    """"✱ insect" and "● mammal" take 8 cells and the table pads none: the ninth keeps them off
+    the name ("✱ insecta cicada" read as one word)."""
+    FIXED = 6 + CLASS_WIDTH + 12 + 6 + 12 + 6 + 2
     """Every column but the species' name (see `species_cells`), and the scrollbar."""
 
     def on_mount(self) -> None:
@@ -129,7 +132,7 @@ class SpeciesTable(ReviewTable):
     def _build_columns(self) -> None:
         name = self._name_width_for(self.size.width)
         self.clear(columns=True)
-        for label, width, key in (("", 6, "marks"), ("Class", 8, "class"), ("Species", name, "species"),
+        for label, width, key in (("", 6, "marks"), ("Class", self.CLASS_WIDTH, "class"), ("Species", name, "species"),
                                   ("Confidence", 12, "confidence"), ("Heard", 6, "heard"),
                                   ("First–Last", 12, "times"), ("Review", 6, "review")):
             self.add_column(label, width=width, key=key)
@@ -153,16 +156,24 @@ def species_cells(row: SpeciesRow, now: datetime, tz: tzinfo | None, name_width:
     marks.append("★ NEW" if new else "", style="bold reverse" if new else "")
     marks.append("\n" + ("♪ now" if calling else ""), style="bold" if calling else "")
     kind = row.kind
-    name = Text(row.common_name[: name_width - 1], style="bold")
-    name.append("\n" + row.scientific_name[: name_width - 1], style="italic")
+    name = name_lines(row, name_width - 1)
     if new:
-        name.stylize("underline", 0, len(row.common_name[: name_width - 1]))
+        name.stylize("underline", 0, len(row.name.heading[: name_width - 1]))
     latest = row.latest
     verdict = latest.verdict if latest else None
     heard = f"{row.heard}×" + (f"\n{row.rejected} ✗" if row.rejected else "")
     times = f"{format_clock(row.first_heard_on, tz)}–{format_clock(row.last_heard_on, tz)}"
     return (marks, f"{kind.symbol} {kind.label}", name, confidence_bar(row.best_confidence), heard, times,
             VERDICT_WORDS.get(verdict, ""))
+
+
+def name_lines(row: SpeciesRow, width: int) -> Text:
+    """The label's two lines: "Little Tinamou" over *Crypturellus soui*, "a cicada" over
+    "family Cicadidae" (upright: a family is never set like a binomial)."""
+    name = row.name
+    text = Text(name.heading[:width], style="bold")
+    text.append("\n" + name.subline[:width], style="italic" if name.italic else "")
+    return text
 
 
 class DetectionTable(ReviewTable):

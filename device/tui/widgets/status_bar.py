@@ -2,7 +2,8 @@
 
 Each fact is a short labelled item ("RTF 0.01", "dropped 0"), never a coloured dot alone,
 packed into as many lines as the width needs (two on an 80-column terminal). Windows the
-bundle could not score (NaN or a failed branch) get an item only when there are any.
+bundle could not score (NaN or a failed branch), and clips the privacy filter withheld, get an
+item only when there are any.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def status_items(status: DeviceStatus, tz: tzinfo | None) -> list[tuple[str, str
     if status.windows_unscored or status.branch_failures:  # rare: only then does the line grow
         failures = f" ({status.branch_failures} branch failures)" if status.branch_failures else ""
         items.append((f"⚠ {status.windows_unscored} windows not scored{failures}", warn))
+    if status.clips_withheld:  # the privacy filter at work, not a problem: no warning style
+        items.append((clips_withheld_words(status.clips_withheld), ""))
     # "pending" in the guide's words: everything the server has not confirmed yet (device-side
     # pending + sent-unconfirmed); "last" is the last receipt. A broker's PUBACK alone never
     # brings it to 0.
@@ -69,6 +72,12 @@ def status_items(status: DeviceStatus, tz: tzinfo | None) -> list[tuple[str, str
     if status.error:
         items.append((f"⚠ error: {status.error}", warn))
     return items
+
+
+def clips_withheld_words(count: int) -> str:
+    """'3 clips withheld for privacy': detections kept without audio because people were talking
+    (the run report's words)."""
+    return f"{count} clip{'' if count == 1 else 's'} withheld for privacy"
 
 
 def sync_problem(error: str) -> str:

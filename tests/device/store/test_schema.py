@@ -37,6 +37,7 @@ EXPECTED_COLUMNS = {
         ("close_reason", "TEXT", 0, 0), ("created_on", "TEXT", 1, 0), ("updated_on", "TEXT", 1, 0),
         ("closed_on", "TEXT", 0, 0), ("site", "TEXT", 0, 0), ("latitude", "REAL", 0, 0),
         ("longitude", "REAL", 0, 0), ("coordinate_uncertainty_m", "REAL", 0, 0),
+        ("context_scores", "TEXT", 0, 0), ("clip_withheld", "TEXT", 0, 0),
     ],
     "clip": [
         ("clip_id", "TEXT", 1, 1), ("detection_id", "TEXT", 1, 0), ("path", "TEXT", 1, 0),

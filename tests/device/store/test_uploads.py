@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from device.contracts.clip import ClipAck, ClipRequest
-from device.store import Store, detections, migrations
+from device.store import Store, clips, detections, migrations
 from device.store.migrations import MIGRATIONS
 
 FROG = "audio/birdclef_train_audio/3.ogg"  # Allobates femoralis, 38 s, 32 kHz
@@ -55,9 +55,11 @@ def test_migration_3_on_a_release_2_database_keeps_every_clip_and_starts_no_uplo
     det = make_detection()
     with monkeypatch.context() as patch:  # the previous release: migrations 1 and 2
         patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:2])
-        release_2 = tuple(c for c in detections._DETECTION_COLUMNS if c not in detections.PLACE_COLUMNS)
+        later = detections.PLACE_COLUMNS + detections.PRIVACY_COLUMNS  # what migrations 4 and 5 added
+        release_2 = tuple(c for c in detections._DETECTION_COLUMNS if c not in later)
         patch.setattr(detections, "_DETECTION_COLUMNS", release_2)  # its detection table: no places yet
         patch.setattr(detections, "_UPSERT", detections.upsert_sql(release_2))
+        patch.setattr(clips, "withheld_reason", lambda db, detection_id: None)  # it withheld no clip
         old = Store.open(db_path)
         clip = clip_of(old, det, frog, tmp_path / "clips")
         old.add_feedback(det.detection_id, "confirm")

@@ -21,6 +21,7 @@ import soundfile as sf
 
 from device.config import DeviceSettings
 from device.domain import Detection, utc_now
+from device.naming import display_name
 from device.store import Store
 from tests.sync_server.api.conftest import BUNDLE, TAXA
 
@@ -109,8 +110,8 @@ class FixedClock:
 
 def name_of(label: str) -> str:
     """How the dashboard names a label in text: a family as a family."""
-    scientific, common, _ = TAXA[label]
-    return f"{common} (family {scientific})" if scientific.endswith("idae") else f"{common} ({scientific})"
+    scientific, common, class_name = TAXA[label]
+    return display_name(scientific, common, class_name, label)
 
 
 def fill_device(store: Store, device_id: str, site: str, plan: list[Planned], newest: datetime, shared_data: Path,

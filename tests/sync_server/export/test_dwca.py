@@ -85,6 +85,8 @@ def test_python_dwca_reader_opens_the_archive_with_one_occurrence_per_published_
         assert data[DWC + "eventID"] == (row["tour_id"] or "")
     cicada = by_id[filled.ids["cicada"]][0]
     assert (cicada[DWC + "taxonRank"], cicada[DWC + "family"]) == ("family", "Cicadidae")
+    # A family stays a family: its scientific name is the family's, its vernacular the family's plural.
+    assert (cicada[DWC + "scientificName"], cicada[DWC + "vernacularName"]) == ("Cicadidae", "Typical Cicadas")
     assert by_id[filled.ids["tinamou"]][0][DWC + "taxonRank"] == "species"
     assert by_id[filled.ids["tinamou"]][0][DWC + "identificationVerificationStatus"] == "verified by guide"
     assert by_id[filled.ids["frog_unreviewed"]][0][DWC + "identificationVerificationStatus"] == "unverified"
@@ -107,6 +109,7 @@ def test_clips_are_sound_in_the_archive_byte_for_byte(archive, filled):
             audio, rate = sf.read(io.BytesIO(data))
             assert rate == held[detection_id]["sample_rate_hz"] and len(audio) > 0
     assert sum(len(items) for items in media.values()) == 4  # the rejected one's clip is not published
+    assert media[filled.ids["tinamou"]][0][DC + "title"] == "Little Tinamou (Crypturellus soui) [littin1]"
 
 
 def test_dwcahandler_validates_it_and_knows_every_term_and_row_type(archive):

@@ -8,6 +8,7 @@ import zipfile
 
 import crowsetta
 
+from device.naming import display_name
 from sync_server.db.queries import DetectionFilter, detection_rows
 from sync_server.export.formats import export
 from sync_server.export.raven import ANNOTATION_COLUMN, COLUMNS, DEFAULT_HIGH_FREQ_HZ, INDEX, TABLE_SUFFIX, table_name
@@ -36,7 +37,9 @@ def test_one_table_per_device_and_source_that_crowsetta_reads_back(filled, tmp_p
         table = crowsetta.formats.bbox.Raven.from_file(tmp_path / "tables" / name, annot_col=ANNOTATION_COLUMN)
         mine = [r for r in rows if (r["device_id"], r["source"]) == (device_id, source)]
         assert int(index[name]["selections"]) == len(mine) == len(table.df)
-        assert list(table.df["annotation"]) == [r["label"] for r in mine]
+        assert list(table.df["annotation"]) == [display_name(r["scientific_name"], r["common_name"], r["class_name"],
+                                                             r["label"]) for r in mine]
+        assert [str(code) for code in table.df["Species Code"]] == [r["label"] for r in mine]
         assert list(table.df["begin_time_s"]) == [r["start_s"] for r in mine]
         assert list(table.df["end_time_s"]) == [r["end_s"] for r in mine]
         assert list(table.df["Selection"]) == list(range(1, len(mine) + 1))
@@ -50,6 +53,23 @@ def test_one_table_per_device_and_source_that_crowsetta_reads_back(filled, tmp_p
         tmp_path / "tables" / table_name("pi-h02", "audio/birds/Cryp.soui.wav"), annot_col=ANNOTATION_COLUMN)
     assert list(tinamou.df["high_freq_hz"]) == [4500.0]  # its 9 kHz clip
     assert list(tinamou.df["Scientific Name"]) == ["Crypturellus soui"]
+    assert list(tinamou.df["annotation"]) == ["Little Tinamou (Crypturellus soui)"]
+    assert list(tinamou.df["Taxon Rank"]) == ["species"]
+
+
+def test_a_family_level_detection_reads_as_a_family(filled, tmp_path):
+    """The cicada (label 50186, family Cicadidae) is "a cicada (Cicadidae)", rank family: never
+    "Typical Cicadas" in the column a reader takes for the species."""
+    out = tmp_path / "raven.zip"
+    export(filled.server, "raven", DetectionFilter(species=("50186",)), out)
+    unpack(out, tmp_path / "tables")
+    table = crowsetta.formats.bbox.Raven.from_file(
+        tmp_path / "tables" / table_name("pi-h02", "audio/insects/minetest_sounds_cicada_01.ogg"),
+        annot_col=ANNOTATION_COLUMN)
+    (read,) = table.df.to_dict("records")
+    assert read["annotation"] == "a cicada (Cicadidae)" and read["Taxon Rank"] == "family"
+    assert (str(read["Species Code"]), read["Scientific Name"], read["Common Name"]) == ("50186", "Cicadidae",
+                                                                                         "Typical Cicadas")
 
 
 def test_the_tables_annotate_the_real_source_recording(filled, tmp_path):

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 from device.domain import parse_iso_utc
 from sync_server.db.queries import DetectionFilter, detection_rows, iter_detection_rows
 from sync_server.export.formats import ExportOptions, export
-from sync_server.export.tables import COLUMNS, TIMESTAMPS, flat_row, write_parquet
+from sync_server.export.tables import COLUMNS, NAMED, TIMESTAMPS, flat_row, write_parquet
+from tests.sync_server.export.conftest import UNNAMED_LABEL
 
 BASE = "https://explorer.example.org"
 
@@ -35,6 +36,7 @@ def test_csv_holds_every_field_of_every_row_and_reads_back_equal(filled, tmp_pat
     assert summary.rows == len(wanted) == len(filled.ids)
     frame = pd.read_csv(out, dtype={"tour_id": str, "verdict": str, "site": str, "label": str})
     assert tuple(frame.columns) == COLUMNS
+    assert COLUMNS[COLUMNS.index("class_name") + 1:][:2] == NAMED  # the reader's name beside the label's facts
     for read, row in zip(frame.to_dict("records"), wanted):
         for name in COLUMNS:
             value = read[name]
@@ -52,6 +54,22 @@ def test_csv_holds_every_field_of_every_row_and_reads_back_equal(filled, tmp_pat
     assert tinamou["verification_status"] == "confirmed" and tinamou["clip_url"].startswith(BASE + "/api/v1/clips/")
     assert "clip_path" not in frame.columns  # the server's own file stays the server's
     assert math.isnan(by_id[filled.ids["cicada"]]["clip_sample_rate_hz"])  # no clip: empty clip columns
+    assert named(by_id, filled) == NAMED_ROWS
+    unnamed = by_id[filled.ids["unnamed"]]
+    assert math.isnan(unnamed["taxon_rank"]) and unnamed["display_name"] == UNNAMED_LABEL  # no name: no rank
+
+
+NAMED_ROWS = {
+    "cicada": ("Cicadidae", "Typical Cicadas", "family", "a cicada (Cicadidae)"),
+    "tinamou": ("Crypturellus soui", "Little Tinamou", "species", "Little Tinamou (Crypturellus soui)"),
+    "tungara": ("Engystomops pustulosus", "Túngara Frog", "species", "Túngara Frog (Engystomops pustulosus)"),
+}
+"""What the names columns hold for a family, and for two species (the taxonomy's names kept as they are)."""
+
+
+def named(by_id, filled) -> dict:
+    return {key: tuple(by_id[filled.ids[key]][c] for c in ("scientific_name", "common_name", "taxon_rank", "display_name"))
+            for key in NAMED_ROWS}
 
 
 def test_parquet_reads_back_with_types_timestamps_and_a_map_of_branch_scores(filled, tmp_path):
@@ -71,6 +89,9 @@ def test_parquet_reads_back_with_types_timestamps_and_a_map_of_branch_scores(fil
                 assert same(read[name], row[name]), (name, read[name], row[name])
     frog = next(r for r in table.to_pylist() if r["detection_id"] == filled.ids["frog_confirmed"])
     assert dict(frog["branch_scores"]) == {"birdnet": None, "frog_head": 0.93}
+    by_id = {r["detection_id"]: r for r in table.to_pylist()}
+    assert named(by_id, filled) == NAMED_ROWS  # the family reads as a family here too
+    assert by_id[filled.ids["unnamed"]]["taxon_rank"] is None
 
 
 def test_a_filter_selects_the_same_rows_in_both_formats(filled, tmp_path):
