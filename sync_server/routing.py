@@ -110,7 +110,7 @@ def receipts_for(routed: Routed, detection_outcomes: Sequence[str], feedback_out
     store will never take ('foreign': another device owns that id). A tour message is named by
     its state's `delivery_id` (device/contracts/tour.py says why), a stale start merged into an
     ended tour included: the device stops resending it."""
-    stored: dict[str, dict[str, list[str]]] = {}
+    stored: dict[str, dict[str, dict[str, None]]] = {}  # device -> kind -> ids, in order, each once
     refused: dict[str, list[Refusal]] = {}
     for kind, payloads, outcomes, id_of in (
             ("detection", routed.detections, detection_outcomes, lambda p: p["detection_id"]),
@@ -122,9 +122,7 @@ def receipts_for(routed: Routed, detection_outcomes: Sequence[str], feedback_out
                 refused.setdefault(device_id, []).append(
                     Refusal(kind, record_id, f"{kind} {record_id} is already stored for another device"))
             else:
-                ids = stored.setdefault(device_id, {}).setdefault(kind, [])
-                if record_id not in ids:
-                    ids.append(record_id)
+                stored.setdefault(device_id, {}).setdefault(kind, {})[record_id] = None
     receipts = []
     for device_id in sorted(set(stored) | set(refused)):
         receipts.extend(split_receipt(device_id, issued_on, stored.get(device_id, {}), refused.get(device_id, ())))

@@ -127,6 +127,11 @@ class Detection(BaseModel):
     source: str
     confidence: float
     branch_scores: dict[str, float | None]
+    context_scores: dict[str, float] | None
+    """BirdNET's non-species scores over the event ("Human vocal", "Engine", ...); null from a
+    device older than payload schema 3."""
+    clip_withheld: Literal["privacy"] | None
+    """'privacy': the device kept no clip (a person was heard in or next to the event)."""
     bundle_name: str
     bundle_version: str
     bundle_sha256: str

@@ -38,8 +38,8 @@ EXPORT_BATCH = 5_000
 ROW_COLUMNS = (
     "detection_id", "seq", "device_id", "tour_id", "tour_name", "site", "latitude", "longitude",
     "coordinate_uncertainty_m", "label", "scientific_name", "common_name", "class_name", "started_on", "ended_on",
-    "start_s", "end_s", "source", "confidence", "branch_scores", "bundle_name", "bundle_version", "bundle_sha256",
-    "window_count", "secondary", "verdict", "verdict_on",
+    "start_s", "end_s", "source", "confidence", "branch_scores", "context_scores", "clip_withheld", "bundle_name",
+    "bundle_version", "bundle_sha256", "window_count", "secondary", "verdict", "verdict_on",
 )
 """The row's fields read straight from a column (all but verification_status, clip and
 received_on), in the row's order: `selection` selects them first, in this order."""
@@ -223,6 +223,8 @@ def to_row(found) -> dict[str, Any]:
     dict by position, with no per-field lookups by name."""
     row = dict(zip(ROW_COLUMNS, found))
     row["branch_scores"] = json.loads(row["branch_scores"])
+    if row["context_scores"] is not None:
+        row["context_scores"] = json.loads(row["context_scores"])
     row["secondary"] = bool(row["secondary"])
     row["verification_status"] = _STATUS_OF[row["verdict"]]
     clip_id = found[_CLIP_AT]

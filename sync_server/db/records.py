@@ -76,10 +76,17 @@ def detection_row(payload: Mapping[str, Any]) -> dict[str, Any]:
         KeyError: a field is missing (the payload was not checked).
     """
     row = {name: payload[name] for name in DETECTION_COLUMNS}  # parse_payload gives schema 1 None places
-    # The same encoding the first server used, so an old row and its resend compare equal.
-    row["branch_scores"] = json.dumps(payload["branch_scores"], sort_keys=True, allow_nan=False)
+    row["branch_scores"] = _BRANCH_SCORES.encode(payload["branch_scores"])
+    if payload["context_scores"] is not None:
+        row["context_scores"] = _BRANCH_SCORES.encode(payload["context_scores"])
     row["secondary"] = int(bool(payload["secondary"]))
     return row
+
+
+_BRANCH_SCORES = json.JSONEncoder(sort_keys=True, allow_nan=False)
+"""`branch_scores` as text: the encoding the first server used (json.dumps with sorted keys), so an
+old row and its resend compare equal. One encoder for every row: json.dumps given any option
+builds a new one per call, a third of this function's time."""
 
 
 def feedback_row(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -79,13 +79,17 @@ detection = Table(
     Column("latitude", Double),
     Column("longitude", Double),
     Column("coordinate_uncertainty_m", Double),
+    Column("context_scores", Text),
+    Column("clip_withheld", Text),
     CheckConstraint("secondary IN (0, 1)", name="detection_secondary_is_0_or_1"),
 )
 """`seq`: the order of first commit, given by the ingest (`sync_server.db.upsert`, `Keyed.sequence`)
 and never changed: the researchers' pagination key (sync_server/db/queries.py says why). NULL
 only in a database written before it existed, until `create_schema` numbers those rows.
 `site` .. `coordinate_uncertainty_m`: where the device was (detection payload schema 2; NULL
-from schema 1)."""
+from schema 1). `context_scores` (JSON text, sorted keys: BirdNET's Human vocal, Dog, Engine ...
+over the event, never labels) and `clip_withheld` ('privacy': the device kept no clip, so none
+will come): detection payload schema 3; NULL from older devices."""
 Index("detection_device_started", detection.c.device_id, detection.c.started_on)
 Index("detection_label", detection.c.label)
 Index("detection_seq", detection.c.seq, unique=True)
@@ -95,7 +99,7 @@ DETECTION_COLUMNS = (
     "detection_id", "device_id", "tour_id", "label", "scientific_name", "common_name", "class_name",
     "started_on", "ended_on", "start_s", "end_s", "confidence", "branch_scores", "bundle_name",
     "bundle_version", "bundle_sha256", "source", "window_count", "secondary", "schema",
-    "site", "latitude", "longitude", "coordinate_uncertainty_m",
+    "site", "latitude", "longitude", "coordinate_uncertainty_m", "context_scores", "clip_withheld",
 )
 """The columns a detection payload fills (the rest is the server's bookkeeping): a resend is
 'unchanged' when all of these are equal to the stored row."""

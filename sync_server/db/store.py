@@ -1,15 +1,18 @@
 """ServerStore: the aggregate database on SQLite (default) or PostgreSQL, one code path for both.
 
-Every statement is SQLAlchemy Core built from one MetaData (`sync_server.db.schema`), so both
-engines get the same tables and the same SQL. What differs between them is confined to three
-places, none of which branches the logic of a batch:
+Every statement is built from one MetaData (`sync_server.db.schema`), so both engines get the
+same tables and the same SQL. What differs between them is confined to four places, none of
+which branches the logic of a batch:
 
 - how a connection is set up (`sync_server.db.engine`): SQLite's pragmas and BEGIN IMMEDIATE,
   PostgreSQL's lock_timeout and pool_pre_ping;
-- the dialect's `insert` construct, for `ON CONFLICT (detection_id) DO NOTHING` (both engines
-  speak that clause; SQLAlchemy spells it per dialect, with the same signature);
+- the dialect's `insert` construct, for `ON CONFLICT (...) DO NOTHING` (both engines speak that
+  clause; SQLAlchemy spells it per dialect, with the same signature);
 - `SELECT ... FOR UPDATE`, which SQLAlchemy renders on PostgreSQL and leaves out on SQLite,
-  where BEGIN IMMEDIATE already gives the transaction the only write lock on the file.
+  where BEGIN IMMEDIATE already gives the transaction the only write lock on the file;
+- how the upsert's rows travel (`sync_server.db.upsert.insert_new`): new rows by COPY and one
+  INSERT ... SELECT on PostgreSQL, one executemany on SQLite; the same insert, the same row
+  count checked.
 
 How one batch is written (`store_ingest`, one transaction): detections, verdicts and tours through
 the one upsert of `sync_server.db.upsert` (read and lock what is stored, insert the new with
@@ -288,11 +291,12 @@ class ServerStore:
 
     def wanted_clips(self, device_id: str, below: float, limit: int = 500) -> list[str]:
         """The device's detections under `below` confidence whose clip the server lacks, oldest
-        first (what a clip request asks for)."""
+        first (what a clip request asks for); never one whose clip the device withheld (a person
+        was heard: it kept no audio, so none will come)."""
         held = select(clip.c.detection_id).where(clip.c.device_id == device_id)
         query = (select(detection.c.detection_id)
                  .where(detection.c.device_id == device_id, detection.c.confidence < below,
-                        detection.c.detection_id.not_in(held))
+                        detection.c.clip_withheld.is_(None), detection.c.detection_id.not_in(held))
                  .order_by(detection.c.started_on, detection.c.detection_id).limit(limit))
         with self._reading("could not read the clips wanted") as connection:
             return list(connection.execute(query).scalars())

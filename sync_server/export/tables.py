@@ -14,9 +14,10 @@ Choices a reader needs to know:
   are `true`/`false`; floats are written with Python's `repr`, which reads back to the same
   double; timestamps are the row's ISO-8601 UTC text (`...Z`, milliseconds);
   `branch_scores` is JSON text (`{"birdnet": 0.91, "frog_head": null}`, keys sorted), since
-  the branches differ between bundles and a column per branch would change shape with them.
+  the branches differ between bundles and a column per branch would change shape with them;
+  `context_scores` likewise (`{"Human vocal": 0.01, ...}`; empty from an older device).
 - Parquet: timestamps are `timestamp[ms, UTC]` (what the rows carry, exactly); `branch_scores`
-  is a `map<string, double>` (null for a branch that does not score the label), which DuckDB,
+  and `context_scores` are `map<string, double>` (null for a branch that does not score the label), which DuckDB,
   R arrow and pandas read as a map; rows are written in row groups of `PARQUET_ROW_GROUP`.
 """
 
@@ -38,7 +39,7 @@ COLUMNS = (
     "detection_id", "seq", "device_id", "tour_id", "tour_name", "site", "latitude", "longitude",
     "coordinate_uncertainty_m", "label", "scientific_name", "common_name", "class_name", "taxon_rank",
     "display_name", "started_on", "ended_on", "start_s", "end_s", "source", "confidence", "branch_scores",
-    "bundle_name", "bundle_version", "bundle_sha256", "window_count", "secondary",
+    "context_scores", "clip_withheld", "bundle_name", "bundle_version", "bundle_sha256", "window_count", "secondary",
     "verdict", "verdict_on", "verification_status",
     "clip_id", "clip_url", "clip_sha256", "clip_size_bytes", "clip_sample_rate_hz", "clip_duration_s",
     "clip_start_s", "received_on",
@@ -71,6 +72,7 @@ PARQUET_SCHEMA = pa.schema([
     ("taxon_rank", _TEXT), ("display_name", _TEXT),
     ("started_on", _TIME), ("ended_on", _TIME), ("start_s", _FLOAT), ("end_s", _FLOAT), ("source", _TEXT),
     ("confidence", _FLOAT), ("branch_scores", pa.map_(pa.string(), pa.float64())),
+    ("context_scores", pa.map_(pa.string(), pa.float64())), ("clip_withheld", _TEXT),
     ("bundle_name", _TEXT), ("bundle_version", _TEXT), ("bundle_sha256", _TEXT), ("window_count", _INT),
     ("secondary", pa.bool_()), ("verdict", _TEXT), ("verdict_on", _TIME), ("verification_status", _TEXT),
     ("clip_id", _TEXT), ("clip_url", _TEXT), ("clip_sha256", _TEXT), ("clip_size_bytes", _INT),
@@ -136,7 +138,7 @@ def _parquet_value(name: str, value: Any) -> Any:
         return None
     if name in TIMESTAMPS:
         return parse_iso_utc(value)
-    if name == "branch_scores":
+    if name in ("branch_scores", "context_scores"):
         return sorted(value.items())
     return value
 

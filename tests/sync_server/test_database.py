@@ -22,7 +22,9 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from device.contracts.detection import PLACE_FIELDS, detection_to_payload, parse_payload, payload_to_json
+from device.contracts.detection import (
+    FIELDS_V1, PLACE_FIELDS, SCHEMA, detection_to_payload, parse_payload, payload_to_json,
+)
 from device.domain import Detection, iso_utc
 from sync_server.db import Counts, Rejected, ServerStore, ServerStoreError
 from sync_server.db.records import REJECTED_HEAD_BYTES
@@ -74,7 +76,7 @@ def test_both_engines_hold_the_same_tables_columns_and_indexes(server_db, server
                       "class_name", "started_on", "ended_on", "start_s", "end_s", "confidence", "branch_scores",
                       "bundle_name", "bundle_version", "bundle_sha256", "source", "window_count", "secondary",
                       "schema", "first_received_on", "last_received_on", "deliveries", "seq", "site", "latitude",
-                      "longitude", "coordinate_uncertainty_m"],
+                      "longitude", "coordinate_uncertainty_m", "context_scores", "clip_withheld"],
         "rejected_message": ["rejected_id", "received_on", "topic", "reason", "size_bytes", "payload_head"],
         "device_status": ["device_id", "status_json", "online", "received_on", "published_on", "connected_on"],
         "feedback": ["feedback_id", "detection_id", "device_id", "verdict", "note", "given_on",
@@ -122,7 +124,7 @@ def test_a_new_detection_then_a_resend_then_a_newer_state(server_db):
     assert {k: row[k] for k in ("device_id", "label", "confidence", "started_on", "start_s", "secondary", "deliveries",
                                 "tour_id", "schema")} == {
         "device_id": OWNER, "label": "21211", "confidence": 0.9, "started_on": "2026-04-20T07:40:00.000Z",
-        "start_s": 0.0, "secondary": 0, "deliveries": 1, "tour_id": None, "schema": 2}  # what devices send now
+        "start_s": 0.0, "secondary": 0, "deliveries": 1, "tour_id": None, "schema": SCHEMA}  # what devices send now
     assert json.loads(row["branch_scores"]) == {"birdnet": 0.9, "frog_head": None}
     assert row["first_received_on"] == row["last_received_on"] and row["first_received_on"].endswith("Z")
 
@@ -444,7 +446,9 @@ def test_an_aggregate_db_written_by_the_first_server_opens_and_goes_on(tmp_path)
     old = sqlite3.connect(db)
     old.executescript(FIRST_SERVER_SCHEMA)
     first = payload(0, schema=1)  # a device of the first server's time: schema 1, no place (parsed as nulls)
-    assert [first.pop(name) for name in PLACE_FIELDS] == [None] * 4
+    assert [first[name] for name in PLACE_FIELDS] == [None] * 4
+    for name in [name for name in first if name not in FIELDS_V1]:  # the fields later schemas added
+        del first[name]
     row = dict(first, branch_scores=json.dumps(first["branch_scores"], sort_keys=True, allow_nan=False),
                secondary=int(first["secondary"]), first_received_on="2026-04-20T07:41:00.000Z",
                last_received_on="2026-04-20T07:41:00.000Z")
@@ -587,3 +591,22 @@ def test_a_failing_batch_keeps_none_of_its_verdicts_or_statuses(server_db):
     with pytest.raises(ServerStoreError):
         server_db.store_ingest([payload(0), bad], [verdict(0)], [status_at(OWNER, 1)], [])
     assert server_db.feedback_ids() == set() and server_db.statuses() == {} and server_db.detection_ids() == set()
+
+
+def test_context_scores_and_a_withheld_clip_are_kept_and_such_a_clip_is_never_asked_for(server_db):
+    """Payload schema 3: BirdNET's context scores and the device's privacy mark reach the row (and
+    the researchers' row), and the server's clip request leaves out a detection whose clip the
+    device withheld, since none will ever come."""
+    from sync_server.db.queries import detection_row as research_row
+
+    private = payload(0, confidence=0.4, context_scores={"Human vocal": 0.86, "Engine": 0.01},
+                      clip_withheld="privacy")
+    quiet = payload(1, confidence=0.4, context_scores={"Human vocal": 0.001})
+    older = payload(2, confidence=0.4, context_scores=None, clip_withheld=None)  # a schema-2 device
+    assert server_db.store_batch([private, quiet, older], []) == ["inserted"] * 3
+    assert json.loads(stored(server_db, private["detection_id"])["context_scores"]) == {
+        "Engine": 0.01, "Human vocal": 0.86}
+    row = research_row(server_db, private["detection_id"])
+    assert (row["context_scores"], row["clip_withheld"]) == ({"Engine": 0.01, "Human vocal": 0.86}, "privacy")
+    assert research_row(server_db, older["detection_id"])["context_scores"] is None
+    assert server_db.wanted_clips(OWNER, below=0.5) == [quiet["detection_id"], older["detection_id"]]

@@ -254,3 +254,27 @@ def test_several_workers_share_the_load_and_store_each_message_once(broker, serv
     assert server.detection_ids() == set(ids)
     assert all(worker.stats.stored > 0 for worker in workers)  # both took a share
     assert sum(worker.stats.stored for worker in workers) == 400
+
+
+def test_a_batch_names_each_id_once_in_arrival_order_and_refuses_the_foreign_ones():
+    from device.contracts.detection import payload_to_json
+    from device.contracts.receipt import MAX_IDS, receipt_to_json
+    from device.domain import utc_now
+    from sync_server.routing import Incoming, receipts_for, route_batch
+    from tests.sync_server.test_database import OTHER, OWNER, payload
+
+    # One device's backlog drained in one batch (resends among it), and a claim from another device.
+    numbers = list(range(700)) + list(range(0, 700, 7)) + [900]
+    messages = [Incoming(f"explorer/{OWNER}/detection", payload_to_json(payload(n)).encode()) for n in numbers]
+    messages.append(Incoming(f"explorer/{OTHER}/detection", payload_to_json(payload(3, device_id=OTHER)).encode()))
+    routed = route_batch(messages)
+    outcomes = ["inserted"] * 700 + ["unchanged"] * 100 + ["inserted", "foreign"]
+    receipts = receipts_for(routed, outcomes, [], utc_now())
+    for receipt in receipts:
+        receipt_to_json(receipt)  # each one is a valid receipt
+    own = [r for r in receipts if r.device_id == OWNER]
+    named = [i for r in own for i in r.stored["detection"]]
+    assert named == [payload(n)["detection_id"] for n in list(range(700)) + [900]]  # once each, first arrival order
+    assert [len(r.stored["detection"]) for r in own] == [MAX_IDS, 701 - MAX_IDS]
+    [claim] = [r for r in receipts if r.device_id == OTHER]
+    assert (claim.stored, [f.record_id for f in claim.refused]) == ({}, [payload(3)["detection_id"]])

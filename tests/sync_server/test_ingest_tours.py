@@ -56,7 +56,7 @@ def test_a_walked_tour_and_its_placed_detections_are_committed_then_receipted(br
         stopped = device.stop_tour()
         old = json.loads(outbox_items(device)[1][1])  # the detection, as a device not yet upgraded sends it
         old.update(schema=1, detection_id="6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f")
-        for name in ("site", "latitude", "longitude", "coordinate_uncertainty_m"):
+        for name in ("site", "latitude", "longitude", "coordinate_uncertainty_m", "context_scores", "clip_withheld"):
             del old[name]
         publish_raw(broker, outbox_items(device) + [(f"explorer/{DEVICE}/detection", json.dumps(old).encode())])
         states = {delivery_id(tour.tour_id, None), delivery_id(tour.tour_id, json.loads(
@@ -74,7 +74,7 @@ def test_a_walked_tour_and_its_placed_detections_are_committed_then_receipted(br
     assert (row["started_on"], row["ended_on"]) == (
         tour.started_on.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         stopped.ended_on.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-    assert stored_detection(server, placed.detection_id) == {"schema": 2, "tour_id": tour.tour_id, **PLACE}
+    assert stored_detection(server, placed.detection_id) == {"schema": 3, "tour_id": tour.tour_id, **PLACE}
     assert stored_detection(server, old["detection_id"]) == {
         "schema": 1, "tour_id": tour.tour_id, "site": None, "latitude": None, "longitude": None,
         "coordinate_uncertainty_m": None}

@@ -157,7 +157,10 @@ def start_server(folder: Path, db_target: str | None = None, broker: Broker | No
     port = free_port()
     args = ["run", "--db", db_target, "--http-port", str(port), *extra]
     if broker is not None:
-        args += ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--no-tls", "--username", ""]
+        # Its own ingest session: two servers on one broker under the default client id would take
+        # the session from each other, and a device's detections land in whichever holds it.
+        args += ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--no-tls", "--username", "",
+                 "--client-id", f"explorer-ingest-{port}"]
     process = subprocess.Popen(server_command(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, **(env or {})})
     lines: list[str] = []

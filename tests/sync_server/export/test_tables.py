@@ -40,8 +40,8 @@ def test_csv_holds_every_field_of_every_row_and_reads_back_equal(filled, tmp_pat
     for read, row in zip(frame.to_dict("records"), wanted):
         for name in COLUMNS:
             value = read[name]
-            if name == "branch_scores":
-                assert json.loads(value) == row[name]
+            if name in ("branch_scores", "context_scores") and row[name] is not None:
+                assert json.loads(value) == row[name], name
             elif row[name] is None:
                 assert isinstance(value, float) and math.isnan(value), name
             elif isinstance(row[name], bool):
@@ -83,8 +83,8 @@ def test_parquet_reads_back_with_types_timestamps_and_a_map_of_branch_scores(fil
         for name in COLUMNS:
             if name in TIMESTAMPS and row[name] is not None:
                 assert read[name] == parse_iso_utc(row[name]), name  # millisecond precision kept
-            elif name == "branch_scores":
-                assert dict(read[name]) == row[name]
+            elif name in ("branch_scores", "context_scores") and row[name] is not None:
+                assert dict(read[name]) == row[name], name
             else:
                 assert same(read[name], row[name]), (name, read[name], row[name])
     frog = next(r for r in table.to_pylist() if r["detection_id"] == filled.ids["frog_confirmed"])
