@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -49,6 +50,16 @@ class Broker:
         self.password_file.write_text("")
         subprocess.run(["mosquitto_passwd", "-b", str(self.password_file), user, password], check=True)
         return self
+
+    def add_password(self, user: str, password: str) -> "Broker":
+        """Add a login to the password file (`with_password` first); a running broker learns it at
+        `reload`."""
+        subprocess.run(["mosquitto_passwd", "-b", str(self.password_file), user, password], check=True)
+        return self
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads its password and ACL files (its listeners stay)."""
+        self.process.send_signal(signal.SIGHUP)
 
     def with_acl(self, rules: str) -> "Broker":
         """Mosquitto ACL rules (e.g. 'pattern write explorer/%u/#'), applied to every listener."""

@@ -17,8 +17,14 @@ CONFIRMED = "SELECT count(*) FROM outbox_message WHERE confirmed_on IS NOT NULL"
 
 def test_the_worker_backs_off_while_the_broker_is_down_and_delivers_when_it_returns(tmp_path, store):
     ids = queue_detections(store, 12)
-    broker = Broker(tmp_path / "broker", port=free_port())  # not started yet: the trail has no network
-    worker = SyncWorker(store.path, settings_for(broker, interval_s=1.0), DEVICE, backoff_first_s=0.2).start()
+    # Not started yet: the trail has no network. It knows only the ingest's login at first, so
+    # the (fake) ingest has subscribed before the device can log in: this broker has no
+    # persistent ingest session to queue for, as the deployed one has (without the gate, a
+    # device connecting in the instant between the broker's start and the ingest's subscription
+    # would publish to nobody, and wait a receipt timeout to resend).
+    broker = Broker(tmp_path / "broker", port=free_port()).with_password("ingest", "ingest-pw")
+    settings = settings_for(broker, interval_s=1.0, username=DEVICE, password="device-pw")
+    worker = SyncWorker(store.path, settings, DEVICE, backoff_first_s=0.2).start()
     ingest = None
     try:
         assert wait_until(lambda: worker.state.last_error is not None, 10)
@@ -26,7 +32,8 @@ def test_the_worker_backs_off_while_the_broker_is_down_and_delivers_when_it_retu
         assert store.pending_count() == 12 and not worker.state.connected
 
         broker.start()
-        ingest = FakeIngest(broker)
+        ingest = FakeIngest(broker, "ingest", "ingest-pw")
+        broker.add_password(DEVICE, "device-pw").reload()
         assert wait_until(lambda: outbox_states(store)["confirmed"] == 12, 30)
         assert sorted(ingest.taken("detection")) == sorted(ids)
         state = worker.state
