@@ -38,7 +38,7 @@ Schema version 1 (JSON):
 (recordings: independent recordings, null when the source does not publish it, as for
 BirdNET's own classes; seconds: their total length, null likewise; sources: where from): a
 researcher sees which labels are thinly supported, and the guide's detail screen marks a label
-with fewer than `FEW_TRAINING_RECORDINGS` recordings.
+with fewer than `device.bundle.labels.FEW_TRAINING_RECORDINGS` recordings.
 
 `outputs.context` are a branch's non-species outputs (BirdNET's Human vocal, Dog, Engine, ...):
 scored on every window and kept per detection as scores, never labels, never shown as species
@@ -60,9 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from device.bundle.fields import BundleError, _need
-from device.bundle.labels import (  # noqa: F401 (re-exported: the manifest's one import)
-    FEW_TRAINING_RECORDINGS, KNOWN_CLASSES, Label, TrainingSupport, _parse_labels,
-)
+from device.bundle.labels import Label, _parse_labels
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -216,6 +214,14 @@ def _probability(value: Any, where: str) -> float:
     return float(value)
 
 
+def _activation(output: dict, where: str) -> str:
+    """An output's `activation` (default "sigmoid"), one of `KNOWN_ACTIVATIONS`."""
+    activation = output.get("activation", "sigmoid")
+    if activation not in KNOWN_ACTIVATIONS:
+        raise BundleError(f"{where}.activation: {activation!r} is not one of {KNOWN_ACTIVATIONS}")
+    return activation
+
+
 def _parse_context(raw: Any, where: str) -> tuple[str | None, tuple[str, ...], str]:
     if raw is None:
         return None, (), "sigmoid"
@@ -224,10 +230,7 @@ def _parse_context(raw: Any, where: str) -> tuple[str | None, tuple[str, ...], s
         raise BundleError(f"{where}.labels: expected a non-empty list of names like 'Human vocal'")
     if len(set(labels)) != len(labels):
         raise BundleError(f"{where}.labels: a name appears twice")
-    activation = raw.get("activation", "sigmoid")
-    if activation not in KNOWN_ACTIVATIONS:
-        raise BundleError(f"{where}.activation: {activation!r} is not one of {KNOWN_ACTIVATIONS}")
-    return _need(raw, "name", str, where), tuple(labels), activation
+    return _need(raw, "name", str, where), tuple(labels), _activation(raw, where)
 
 
 def _parse_front_end(raw: Any, where: str) -> FrontEnd | None:
@@ -280,9 +283,7 @@ def _parse_branch(raw: Any, index: int, label_ids: set[str]) -> Branch:
         raise BundleError(f"{where}.outputs.scores.labels: {unknown[:5]} are not in manifest.labels")
     if len(set(score_labels)) != len(score_labels):
         raise BundleError(f"{where}.outputs.scores.labels: a label appears twice")
-    activation = scores.get("activation", "sigmoid")
-    if activation not in KNOWN_ACTIVATIONS:
-        raise BundleError(f"{where}.outputs.scores.activation: {activation!r} is not one of {KNOWN_ACTIVATIONS}")
+    activation = _activation(scores, f"{where}.outputs.scores")
     embedding = outputs.get("embedding")
     mel = outputs.get("mel")
     context_output, context_labels, context_activation = _parse_context(outputs.get("context"),
