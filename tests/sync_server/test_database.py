@@ -1,6 +1,6 @@
 """The aggregate database on SQLite and on a real PostgreSQL: upsert outcomes, whole batches,
 two worker processes racing on the same ids, a full disk, a lock held too long, a PostgreSQL
-restart, and an aggregate.db written by the first (SQLite-only) server."""
+restart (opening it: test_database_opening.py; verdicts and statuses: test_verdicts_statuses.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -22,15 +21,12 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from device.contracts.detection import (
-    FIELDS_V1, PLACE_FIELDS, SCHEMA, detection_to_payload, parse_payload, payload_to_json,
-)
+from device.contracts.detection import SCHEMA, detection_to_payload, parse_payload, payload_to_json
 from device.domain import Detection, iso_utc
 from sync_server.db import Counts, Rejected, ServerStore, ServerStoreError
 from sync_server.db.records import REJECTED_HEAD_BYTES
 from sync_server.db.schema import detection, feedback
 from tests.helpers import REPO
-from tests.mqtt import free_port
 
 T0 = datetime(2026, 4, 20, 7, 40, 0, tzinfo=timezone.utc)
 OWNER, OTHER = "pi-h02", "pi-h03"
@@ -402,196 +398,6 @@ def test_each_new_detection_is_numbered_in_commit_order_and_a_resend_or_update_k
 
 # ---------------------------------------------------------------------------------------------
 # Opening
-
-FIRST_SERVER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS detection (
-    detection_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, tour_id TEXT, label TEXT NOT NULL,
-    scientific_name TEXT, common_name TEXT, class_name TEXT, started_on TEXT NOT NULL,
-    ended_on TEXT NOT NULL, start_s REAL NOT NULL, end_s REAL NOT NULL, confidence REAL NOT NULL,
-    branch_scores TEXT NOT NULL, bundle_name TEXT NOT NULL, bundle_version TEXT NOT NULL,
-    bundle_sha256 TEXT NOT NULL, source TEXT NOT NULL, window_count INTEGER NOT NULL,
-    secondary INTEGER NOT NULL, schema INTEGER NOT NULL, first_received_on TEXT NOT NULL,
-    last_received_on TEXT NOT NULL, deliveries INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS detection_device_started ON detection (device_id, started_on);
-CREATE INDEX IF NOT EXISTS detection_label ON detection (label);
-CREATE TABLE IF NOT EXISTS rejected_message (
-    rejected_id INTEGER PRIMARY KEY AUTOINCREMENT, received_on TEXT NOT NULL, topic TEXT NOT NULL,
-    reason TEXT NOT NULL, size_bytes INTEGER NOT NULL, payload_head TEXT NOT NULL
-);
-"""
-"""The DDL of the first server's sync_server/database.py (SQLite only), verbatim but for layout."""
-
-
-def test_a_worker_opening_a_new_sqlite_file_that_another_is_writing_waits_for_it(tmp_path):
-    # SQLite answers a switch to WAL that races another connection's write lock with SQLITE_BUSY
-    # at once, busy timeout or not: several workers starting on a new file must still all open it.
-    db = tmp_path / "aggregate.db"
-    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    holder.execute("CREATE TABLE early (x)")  # the file exists, still in rollback-journal mode
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO early VALUES (1)")
-    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
-    release.start()
-    try:
-        with ServerStore.open(db) as store:
-            assert store.counts() == Counts(detections=0, devices=0, rejected=0)
-    finally:
-        release.join()
-        holder.close()
-
-
-def test_an_aggregate_db_written_by_the_first_server_opens_and_goes_on(tmp_path):
-    db = tmp_path / "aggregate.db"
-    old = sqlite3.connect(db)
-    old.executescript(FIRST_SERVER_SCHEMA)
-    first = payload(0, schema=1)  # a device of the first server's time: schema 1, no place (parsed as nulls)
-    assert [first[name] for name in PLACE_FIELDS] == [None] * 4
-    for name in [name for name in first if name not in FIELDS_V1]:  # the fields later schemas added
-        del first[name]
-    row = dict(first, branch_scores=json.dumps(first["branch_scores"], sort_keys=True, allow_nan=False),
-               secondary=int(first["secondary"]), first_received_on="2026-04-20T07:41:00.000Z",
-               last_received_on="2026-04-20T07:41:00.000Z")
-    first = parse_payload(payload_to_json(first))  # its resend, as the ingest hands it on
-    old.execute(f"INSERT INTO detection ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-    old.execute("INSERT INTO rejected_message (received_on, topic, reason, size_bytes, payload_head) "
-                "VALUES ('2026-04-20T07:42:00.000Z', 'explorer/pi-h02/detection', 'not valid JSON', 9, '{not json')")
-    old.commit()
-    old.close()
-
-    with ServerStore.open(db) as store:
-        assert store.counts() == Counts(detections=1, devices=1, rejected=1)
-        assert store.store_batch([first, payload(1)], [Rejected("explorer/pi-h02/detection", "not UTF-8", b"\xff")]) \
-            == ["unchanged", "inserted"]  # the old row's encoding compares equal to a resend
-        assert stored(store, first["detection_id"])["deliveries"] == 2
-        assert [(r.rejected_id, r.reason) for r in store.recent_rejections(5)] == [
-            (2, "not UTF-8"), (1, "not valid JSON")]
-        assert set(inspect(store.engine).get_table_names()) == {
-            "detection", "rejected_message", "device_status", "feedback", "clip", "tour", "api_token"}
-        # The old row is numbered first (it was received first), the new one after it.
-        assert (stored(store, first["detection_id"])["seq"], stored(store, payload(1)["detection_id"])["seq"]) == (1, 2)
-    check = sqlite3.connect(db)
-    assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    (ddl,) = check.execute("SELECT sql FROM sqlite_master WHERE name = 'rejected_message'").fetchone()
-    assert "AUTOINCREMENT" in ddl  # the old table is left as it was
-    check.close()
-
-
-@pytest.mark.parametrize("target, expected", [
-    ("mysql://explorer@db.example.org/explorer", "unknown scheme 'mysql'"),
-    ("postgresql://explorer:s3cret@db.example.org:port/explorer", "its port is not a number"),
-    ("sqlite://", "names no file"),
-    ("postgresql://explorer@127.0.0.1:5432", "names no database"),
-])
-def test_a_bad_target_is_named_with_the_reason(target, expected):
-    with pytest.raises(ServerStoreError, match="aggregate database") as raised:
-        ServerStore.open(target)
-    assert expected in str(raised.value) and "s3cret" not in str(raised.value)
-
-
-def test_a_file_that_is_not_a_database_or_cannot_be_one_is_named(tmp_path):
-    junk = tmp_path / "notes.txt"
-    junk.write_text("field notes, not a database\n" * 100)
-    with pytest.raises(ServerStoreError, match=f"aggregate database {junk}: cannot open it: file is not a database"):
-        ServerStore.open(junk)
-    with pytest.raises(ServerStoreError, match="cannot open it: unable to open database file"):
-        ServerStore.open(tmp_path)
-    with pytest.raises(ServerStoreError, match="no such file"):
-        ServerStore.open(tmp_path / "missing.db", must_exist=True)
-    assert not (tmp_path / "missing.db").exists()
-    with ServerStore.open(f"sqlite:///{tmp_path / 'deep' / 'er' / 'aggregate.db'}") as store:
-        assert store.dialect == "sqlite" and store.counts() == Counts(0, 0, 0)
-
-
-def test_an_unreachable_or_missing_postgresql_database_is_named(postgres_server):
-    port = free_port()
-    with pytest.raises(ServerStoreError) as raised:
-        ServerStore.open(f"postgresql://explorer:s3cret@127.0.0.1:{port}/explorer")
-    message = str(raised.value)
-    assert message.startswith(f"aggregate database postgresql://explorer:***@127.0.0.1:{port}/explorer: cannot open it")
-    assert "Connection refused" in message and "s3cret" not in message
-    with pytest.raises(ServerStoreError, match='database "no_such_db" does not exist'):
-        ServerStore.open(postgres_server.url("no_such_db"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Verdicts and statuses, in the same transaction as the detections
-
-
-def verdict(n: int, detection_n: int = 0, device_id: str = OWNER, verdict: str = "confirm") -> dict:
-    """A guide's verdict n on detection `detection_n`, checked by the device's own contract."""
-    from device.contracts.feedback import feedback_to_json, feedback_to_payload, parse_feedback
-    from device.domain import Feedback
-
-    given = Feedback(str(uuid.UUID(int=1000 + n, version=4)), payload(detection_n)["detection_id"], verdict,
-                     "heard it too" if n % 2 else None, T0 + timedelta(minutes=30, seconds=n))
-    return parse_feedback(feedback_to_json(feedback_to_payload(given, device_id)))
-
-
-def status_at(device_id: str, minute: int, online: bool = True):
-    from device.domain import Status
-
-    return Status(device_id, online, T0 + timedelta(minutes=minute), "0.1.0", "elsilencio-default", "1.0.0",
-                  outbox_pending=minute, outbox_unconfirmed=0)
-
-
-def test_verdicts_are_upserted_like_detections_and_kept_against_their_detection(server_db):
-    first = verdict(0)
-    result = server_db.store_ingest([payload(0)], [first, verdict(1)], [], [])
-    assert result.detections == ["inserted"] and result.feedback == ["inserted", "inserted"]
-    again = server_db.store_ingest([], [first], [], [])  # a resend: counted, never duplicated
-    assert again.feedback == ["unchanged"] and again.detections == []
-    rows = server_db.verdicts_on(payload(0)["detection_id"])
-    assert [(r["feedback_id"], r["verdict"], r["deliveries"]) for r in rows] == [
-        (first["feedback_id"], "confirm", 2), (verdict(1)["feedback_id"], "confirm", 1)]
-    assert rows[1]["note"] == "heard it too"
-    # A verdict may arrive before its detection (two outbox messages, no order between them).
-    early = verdict(2, detection_n=5, verdict="reject")
-    assert server_db.store_ingest([], [early], [], []).feedback == ["inserted"]
-    assert server_db.feedback_ids(OWNER) == {first["feedback_id"], verdict(1)["feedback_id"], early["feedback_id"]}
-
-
-def test_a_verdict_id_claimed_by_another_device_is_refused_naming_both(server_db):
-    server_db.store_ingest([], [verdict(0)], [], [])
-    claim = verdict(0, device_id=OTHER)
-    assert server_db.store_ingest([], [claim], [], []).feedback == ["foreign"]
-    (refusal,) = server_db.recent_rejections(1)
-    assert refusal.reason == f"feedback {claim['feedback_id']} belongs to device {OWNER!r}, not {OTHER!r}"
-    assert refusal.topic == f"explorer/{OTHER}/feedback"
-    assert server_db.feedback_ids(OTHER) == set()
-
-
-def test_a_last_will_outranks_its_connections_online_statuses_and_a_new_connection_outranks_it(server_db):
-    from dataclasses import replace
-
-    connected = T0 + timedelta(minutes=1)
-    online = replace(status_at(OWNER, 30), connected_on=connected)  # published half an hour into the connection
-    will = replace(status_at(OWNER, 1, online=False), connected_on=connected)  # fixed at connect time
-    server_db.store_ingest([], [], [online], [])
-    server_db.store_ingest([], [], [will], [])  # the broker publishes it when the device vanishes
-    assert server_db.statuses()[OWNER][0] == will
-    server_db.store_ingest([], [], [replace(status_at(OWNER, 20), connected_on=connected)], [])  # a late duplicate
-    assert server_db.statuses()[OWNER][0] == will
-    again = replace(status_at(OWNER, 40), connected_on=T0 + timedelta(minutes=40))  # back in coverage
-    server_db.store_ingest([], [], [again], [])
-    assert server_db.statuses()[OWNER][0] == again
-
-
-def test_the_newest_status_per_device_wins_whatever_order_they_arrive_in(server_db):
-    server_db.store_ingest([], [], [status_at(OWNER, 10), status_at(OTHER, 3)], [])
-    server_db.store_ingest([], [], [status_at(OWNER, 5, online=False)], [])  # older: a redelivered retained one
-    statuses = server_db.statuses()
-    assert statuses[OWNER][0] == status_at(OWNER, 10) and statuses[OTHER][0] == status_at(OTHER, 3)
-    server_db.store_ingest([], [], [status_at(OWNER, 20, online=False)], [])
-    assert server_db.statuses()[OWNER][0] == status_at(OWNER, 20, online=False)
-
-
-def test_a_failing_batch_keeps_none_of_its_verdicts_or_statuses(server_db):
-    bad = dict(payload(1), label=None)  # the detection column is NOT NULL: the insert fails mid-batch
-    with pytest.raises(ServerStoreError):
-        server_db.store_ingest([payload(0), bad], [verdict(0)], [status_at(OWNER, 1)], [])
-    assert server_db.feedback_ids() == set() and server_db.statuses() == {} and server_db.detection_ids() == set()
-
 
 def test_context_scores_and_a_withheld_clip_are_kept_and_such_a_clip_is_never_asked_for(server_db):
     """Payload schema 3: BirdNET's context scores and the device's privacy mark reach the row (and
