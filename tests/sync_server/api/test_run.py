@@ -35,6 +35,20 @@ def command_of(pid: int) -> str:
         return ""
 
 
+def takes_a_devices_detections(server, tmp_path) -> None:
+    """A device's real `explorer sync` of 12 detections reaches the server's database."""
+    with device_store(tmp_path, "pi-h02", "H02") as store:
+        sent = set(queue_detections(store, 12))
+        server.sync(store, "pi-h02")
+    assert {row["detection_id"] for row in server.all_detections()} == sent
+
+
+def stopped_cleanly(server, code: int) -> None:
+    """After SIGTERM: exit 0, the ingest's batch in hand stored."""
+    assert code == 0, server.log()
+    assert "ingest stopped: 12 stored" in server.log()
+
+
 def test_run_starts_mosquitto_of_its_own_takes_a_devices_detections_and_stops_it(tmp_path):
     server = start_server(tmp_path / "server")
     try:
@@ -43,14 +57,10 @@ def test_run_starts_mosquitto_of_its_own_takes_a_devices_detections_and_stops_it
         assert len(brokers) == 1
         conf = tmp_path / "server" / "broker" / "mosquitto.conf"
         assert conf.is_file() and f"listener {server.broker_port} 127.0.0.1" in conf.read_text()
-        with device_store(tmp_path, "pi-h02", "H02") as store:
-            sent = set(queue_detections(store, 12))
-            server.sync(store, "pi-h02")
-        assert {row["detection_id"] for row in server.all_detections()} == sent
+        takes_a_devices_detections(server, tmp_path)
     finally:
         code = server.stop()
-    assert code == 0, server.log()
-    assert "ingest stopped: 12 stored" in server.log()
+    stopped_cleanly(server, code)
     assert not Path(f"/proc/{brokers[0]}").exists() or "mosquitto" not in command_of(brokers[0])
 
 
@@ -62,14 +72,10 @@ def test_run_without_mosquitto_serves_devices_through_its_in_process_mqtt_5_brok
     try:
         assert "(in-process, started by run)" in server.log()
         assert not [pid for pid in child_pids(server.process.pid) if "mosquitto" in command_of(pid)]
-        with device_store(tmp_path, "pi-h02", "H02") as store:
-            sent = set(queue_detections(store, 12))
-            server.sync(store, "pi-h02")
-        assert {row["detection_id"] for row in server.all_detections()} == sent
+        takes_a_devices_detections(server, tmp_path)
     finally:
         code = server.stop()
-    assert code == 0, server.log()
-    assert "ingest stopped: 12 stored" in server.log()
+    stopped_cleanly(server, code)
     assert (tmp_path / "server" / "broker" / "own-broker-state.sqlite").is_file()
 
 
