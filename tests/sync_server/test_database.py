@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -21,44 +21,12 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from device.contracts.detection import SCHEMA, detection_to_payload, parse_payload, payload_to_json
-from device.domain import Detection, iso_utc
+from device.contracts.detection import SCHEMA
 from sync_server.db import Counts, Rejected, ServerStore, ServerStoreError
 from sync_server.db.records import REJECTED_HEAD_BYTES
 from sync_server.db.schema import detection, feedback
 from tests.helpers import REPO
-
-T0 = datetime(2026, 4, 20, 7, 40, 0, tzinfo=timezone.utc)
-OWNER, OTHER = "pi-h02", "pi-h03"
-
-
-def payload(n: int, device_id: str = OWNER, **changes) -> dict:
-    """Detection n of a morning at H02, as the ingest hands it to the store: built by the
-    device's contract, sent as JSON, checked by `parse_payload`."""
-    started = T0 + timedelta(seconds=5 * n)
-    event = Detection(
-        label="21211", started_on=started, ended_on=started + timedelta(seconds=5), confidence=0.9,
-        branch_scores={"birdnet": 0.9, "frog_head": float("nan")}, bundle_name="elsilencio-default",
-        bundle_version="1.0.0", bundle_sha256="a" * 64, device_id=device_id,
-        source="/recordings/H02_20230420_074000.ogg", start_s=5.0 * n, end_s=5.0 * n + 5,
-        detection_id=str(uuid.UUID(int=n + 1, version=4)),
-    )
-    checked = parse_payload(payload_to_json(detection_to_payload(event)))
-    checked.update(changes)
-    return checked
-
-
-def grown(n: int, windows: int, **changes) -> dict:
-    """Detection n after `windows` windows: a newer state of the same event."""
-    return payload(n, window_count=windows, end_s=5.0 * n + 2.5 * (windows + 1),
-                   ended_on=iso_utc(T0 + timedelta(seconds=5 * n + 2.5 * (windows + 1))), **changes)
-
-
-def stored(store: ServerStore, detection_id: str) -> dict | None:
-    with store.engine.connect() as connection:
-        row = connection.execute(select(detection).where(detection.c.detection_id == detection_id)).mappings().first()
-    return None if row is None else dict(row)
-
+from tests.sync_server.rows import OTHER, OWNER, T0, grown, payload, stored
 
 # ---------------------------------------------------------------------------------------------
 # The schema
@@ -254,7 +222,7 @@ def test_a_stopped_postgresql_server_fails_each_call_until_it_is_back(postgres_s
 FULL_DISK_WORKER = """
 import json, resource, sys
 from sync_server.db import ServerStore, ServerStoreError
-from tests.sync_server.test_database import payload
+from tests.sync_server.rows import payload
 store = ServerStore.open(sys.argv[1])
 committed, error, n = [], None, 1000
 while error is None and n < 100_000:

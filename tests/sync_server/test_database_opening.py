@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 from device.contracts.detection import FIELDS_V1, PLACE_FIELDS, parse_payload, payload_to_json
 from sync_server.db import Counts, Rejected, ServerStore, ServerStoreError
 from tests.mqtt import free_port
-from tests.sync_server.test_database import payload, stored
+from tests.sync_server.rows import payload, stored
 
 FIRST_SERVER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS detection (

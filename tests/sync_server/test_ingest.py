@@ -261,7 +261,7 @@ def test_a_batch_names_each_id_once_in_arrival_order_and_refuses_the_foreign_one
     from device.contracts.receipt import MAX_IDS, receipt_to_json
     from device.domain import utc_now
     from sync_server.routing import Incoming, receipts_for, route_batch
-    from tests.sync_server.test_database import OTHER, OWNER, payload
+    from tests.sync_server.rows import OTHER, OWNER, payload
 
     # One device's backlog drained in one batch (resends among it), and a claim from another device.
     numbers = list(range(700)) + list(range(0, 700, 7)) + [900]

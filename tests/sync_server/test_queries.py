@@ -12,7 +12,7 @@ import pytest
 
 from sync_server.clips import ClipRecord
 from sync_server.db.queries import DetectionFilter, detection_row, detection_rows, iter_detection_rows
-from tests.sync_server.test_database import OTHER, OWNER, T0, payload
+from tests.sync_server.rows import OTHER, OWNER, T0, payload
 
 
 def verdict(n: int, detection_id: str, value: str, minute: int, device_id: str = OWNER) -> dict:

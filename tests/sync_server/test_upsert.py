@@ -13,7 +13,7 @@ from sync_server.db import Counts, ServerStoreError
 from sync_server.db.schema import detection
 from sync_server.db.store import DETECTIONS, TOURS
 from sync_server.db.upsert import STAGING_PREFIX, insert_new
-from tests.sync_server.test_database import OWNER, T0, grown, payload, stored, verdict
+from tests.sync_server.rows import OWNER, T0, grown, payload, stored, verdict
 
 NOW = "2026-04-20T08:00:00.000Z"
 

@@ -4,29 +4,12 @@ device wins, a last will outranking its own connection's online statuses."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
 
 from sync_server.db import ServerStoreError
-from tests.sync_server.test_database import OTHER, OWNER, T0, payload
-
-def verdict(n: int, detection_n: int = 0, device_id: str = OWNER, verdict: str = "confirm") -> dict:
-    """A guide's verdict n on detection `detection_n`, checked by the device's own contract."""
-    from device.contracts.feedback import feedback_to_json, feedback_to_payload, parse_feedback
-    from device.domain import Feedback
-
-    given = Feedback(str(uuid.UUID(int=1000 + n, version=4)), payload(detection_n)["detection_id"], verdict,
-                     "heard it too" if n % 2 else None, T0 + timedelta(minutes=30, seconds=n))
-    return parse_feedback(feedback_to_json(feedback_to_payload(given, device_id)))
-
-
-def status_at(device_id: str, minute: int, online: bool = True):
-    from device.domain import Status
-
-    return Status(device_id, online, T0 + timedelta(minutes=minute), "0.1.0", "elsilencio-default", "1.0.0",
-                  outbox_pending=minute, outbox_unconfirmed=0)
+from tests.sync_server.rows import OTHER, OWNER, T0, payload, status_at, verdict
 
 
 def test_verdicts_are_upserted_like_detections_and_kept_against_their_detection(server_db):
