@@ -7,7 +7,9 @@ window is shorter than the analysis window (BirdNET takes 3 s at 48 kHz) is run 
 spaced crops that cover the whole analysis window (5 s -> crops at 0-3 s and 2-5 s) and its
 scores are max-pooled over the crops, so a call anywhere in the 5 s counts; its embedding is
 the mean over crops. A branch whose window is longer gets the analysis window zero-padded.
-Fusion then sees one score vector per branch per analysis window.
+Fusion then sees one score vector per branch per analysis window. Live, where windows overlap
+(2.5 s hop), a window's first crop is the window before's last (stream time -0.5 to 2.5 s of
+the window), run once: `carry.py` says when that holds and why it still covers the window.
 
 A branch that gives NaN or infinity on a window, or an optional branch that fails on it, is
 left out of that window's fusion and named in `Prediction.unscored_branches`; a label only
@@ -35,6 +37,7 @@ from device.audio.resample import resample
 from device.bundle.manifest import Branch, BundleError
 from device.bundle.verify import VerifiedBundle
 from device.domain import Prediction, Window
+from device.engine import carry
 from device.engine.session import BranchOutput, BranchSession, open_session
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,8 @@ class EngineCounters:
     """Branch runs that raised (an optional one is then left out of that window's fusion)."""
     nonfinite_scores: int = 0
     """Branch or fusion outputs that held NaN or infinity (left out, never read as 0)."""
+    carried_crops: int = 0
+    """Crops taken from the window before instead of run again (a live stream's overlap)."""
 
 
 class Engine:
@@ -127,11 +132,19 @@ class Engine:
             width = list(outputs[manifest.fusion.output].shape)[-1]
             if isinstance(width, int) and width != len(self.labels):
                 raise BundleError(f"fusion: the graph outputs {width} scores, the manifest lists {len(self.labels)} labels")
+        self._carried: dict[str, carry.CarriedCrop] = {}
+        """Per branch, the last crop of the window before, for a live stream's next window
+        (`carry.py`); replaced after every window."""
         self._mel_branch = next((b.name for b in manifest.branches if b.mel_output and b.name in self.sessions), None)
         self.context_labels = tuple(dict.fromkeys(
             name for s in self.sessions.values() for name in s.branch.context_labels))
         """The context outputs the loaded branches declare (each name once): what
         `Prediction.context` holds when every branch scored the window."""
+
+    @property
+    def carrying(self) -> tuple[str, ...]:
+        """The branches holding a crop the next window of this stream may take (`carry.py`)."""
+        return tuple(self._carried)
 
     @property
     def branch_names(self) -> tuple[str, ...]:
@@ -144,10 +157,23 @@ class Engine:
         return max(s.branch.input.min_sample_rate_hz for s in self.sessions.values())
 
     def _run_branch(self, session: BranchSession, per_rate: dict[int, np.ndarray], window: Window) -> BranchOutput:
-        rate = session.branch.input.sample_rate_hz
+        """The branch on the window's crops; a live stream's first crop is the window before's
+        last (`carry.py`), so only the others run."""
+        name, rate = session.branch.name, session.branch.input.sample_rate_hz
+        size = session.branch.input.window_samples
+        audio = per_rate[rate]
         valid = round(window.real_samples * rate / window.sample_rate_hz)
-        crops = make_crops(per_rate[rate], session.branch.input.window_samples, valid)
-        return session.run(crops)
+        starts = [s for i, s in enumerate(crop_starts(len(audio), size)) if i == 0 or s < valid]
+        carried = self._carried.pop(name, None)
+        if len(starts) > 1 and carry.usable(carried, window, size / rate, starts[1] / rate):
+            rest = np.stack([audio[s : s + size] for s in starts[1:]]).astype(np.float32, copy=False)
+            output = carry.stack(carried.output, session.run(rest))
+            self.counters.carried_crops += 1
+        else:
+            output = session.run(make_crops(audio, size, valid))
+        if len(starts) > 1 and window.real_samples == len(window.samples) and np.isfinite(output.scores[-1]).all():
+            self._carried[name] = carry.carry(window, output, starts[-1], rate)
+        return output
 
     def _nonfinite(self, what: str, window: Window) -> None:
         self.counters.nonfinite_scores += 1

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from exporter.birdnet.lower import IR_VERSION, OPSET, Lowering
+from exporter.birdnet.spectrogram_tail import fuse_spectrogram_tail
 from exporter.birdnet.static import StaticGraph
 from exporter.birdnet.tflite_graph import TflGraph, read_tflite
 
@@ -39,7 +40,8 @@ ATTRIBUTION = (
     "Model weights and labels licensed CC BY-NC-SA 4.0 "
     "(https://creativecommons.org/licenses/by-nc-sa/4.0/). Changes: converted from TFLite to ONNX "
     "operator for operator by the El Silencio Acoustic Explorer exporter, with the framing, DFT and "
-    "mel filter bank folded into one strided convolution per spectrogram; no weights were retrained. "
+    "mel filter bank folded into one strided convolution per spectrogram, and the spectrograms' "
+    "mel-axis reversal and batch norm folded into those convolutions; no weights were retrained. "
     "Reference: Kahl et al. (2021), BirdNET: A deep learning solution for avian diversity monitoring, "
     "Ecological Informatics 61:101236."
 )
@@ -68,6 +70,9 @@ class ConversionReport:
     classifier_check_max_abs: float
     """max |embedding @ W.T + b - logits| on the self-check input, W/b read from the TFLite file."""
     metadata: dict[str, str] = field(default_factory=dict)
+    spectrogram_tail_fused: bool = False
+    """Whether the spectrograms' tail was rewritten into the CNN's layout (`spectrogram_tail.py`);
+    False for a model whose graph does not have BirdNET V2.4's pattern (then it runs as lowered)."""
 
 
 def find_birdnet_file(name: str = MODEL_FILE) -> Path:
@@ -157,6 +162,7 @@ def convert_birdnet(out_path: Path, tflite_path: Path | None = None) -> Conversi
     emb, w, b = classifier_tensors(graph)
     (logits,) = graph.outputs
     model = Lowering(graph, static).run(INPUT_NAME, {logits: LOGITS_NAME, emb: EMBEDDING_NAME}, "birdnet_v2_4")
+    tail_fused = fuse_spectrogram_tail(model)
     tflite_sha = sha256_file(tflite_path)
     metadata = {
         "source_model": tflite_path.name,
@@ -193,6 +199,7 @@ def convert_birdnet(out_path: Path, tflite_path: Path | None = None) -> Conversi
         embedding_tensor=graph.tensors[emb].name,
         classifier_check_max_abs=max_abs,
         metadata=metadata,
+        spectrogram_tail_fused=tail_fused,
     )
 
 
