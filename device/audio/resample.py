@@ -49,3 +49,26 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     up, down = ratio(from_hz, to_hz)
     out = resample_poly(samples, up, down)
     return out.astype(np.float32, copy=False)
+
+
+TAIL_MARGIN_S = 0.005
+"""Audio resampled before a tail's first sample and then dropped: the polyphase filter
+(`resample_poly`'s default, 10 input samples either side per output at these ratios) never
+reaches the zeros it pads a segment with, so the tail equals the whole window's resampled tail."""
+
+
+def resample_tail(samples: np.ndarray, from_hz: int, to_hz: int, start: int) -> np.ndarray:
+    """`resample(samples, from_hz, to_hz)[start:]`, resampling only the part it needs.
+
+    A live window whose first crop is carried from the window before (device/engine/carry.py)
+    needs only its last 3 s at the model's rate; this saves resampling the other 2.
+
+    Args:
+        start: The first output sample wanted, at `to_hz`.
+    """
+    if from_hz == to_hz or start <= 0:
+        return resample(samples, from_hz, to_hz)[max(start, 0):]
+    up, down = ratio(from_hz, to_hz)
+    margin = max(down, round(TAIL_MARGIN_S * from_hz))
+    first = max(0, (start * down // up - margin) // down * down)  # a multiple of `down`: outputs align
+    return resample(samples[first:], from_hz, to_hz)[start - first * up // down:]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.audio.resample import resample
+from device.audio.resample import resample, resample_tail, resampled_length
 from device.bundle.manifest import Branch, BundleError
 from device.bundle.verify import VerifiedBundle
 from device.domain import Prediction, Window
@@ -156,21 +156,22 @@ class Engine:
         `input.min_sample_rate_hz`): audio below it is refused where windows are cut."""
         return max(s.branch.input.min_sample_rate_hz for s in self.sessions.values())
 
-    def _run_branch(self, session: BranchSession, per_rate: dict[int, np.ndarray], window: Window) -> BranchOutput:
+    def _run_branch(self, session: BranchSession, audio: _RateAudio, window: Window) -> BranchOutput:
         """The branch on the window's crops; a live stream's first crop is the window before's
-        last (`carry.py`), so only the others run."""
+        last (`carry.py`), so only the others run, on only the audio they need."""
         name, rate = session.branch.name, session.branch.input.sample_rate_hz
         size = session.branch.input.window_samples
-        audio = per_rate[rate]
+        length = resampled_length(len(window.samples), window.sample_rate_hz, rate)
         valid = round(window.real_samples * rate / window.sample_rate_hz)
-        starts = [s for i, s in enumerate(crop_starts(len(audio), size)) if i == 0 or s < valid]
+        starts = [s for i, s in enumerate(crop_starts(length, size)) if i == 0 or s < valid]
         carried = self._carried.pop(name, None)
         if len(starts) > 1 and carry.usable(carried, window, size / rate, starts[1] / rate):
-            rest = np.stack([audio[s : s + size] for s in starts[1:]]).astype(np.float32, copy=False)
+            tail = audio.at(rate, starts[1])
+            rest = np.stack([tail[s - starts[1] : s - starts[1] + size] for s in starts[1:]]).astype(np.float32, copy=False)
             output = carry.stack(carried.output, session.run(rest))
             self.counters.carried_crops += 1
         else:
-            output = session.run(make_crops(audio, size, valid))
+            output = session.run(make_crops(audio.at(rate), size, valid))
         if len(starts) > 1 and window.real_samples == len(window.samples) and np.isfinite(output.scores[-1]).all():
             self._carried[name] = carry.carry(window, output, starts[-1], rate)
         return output
@@ -223,16 +224,13 @@ class Engine:
             Exception: a REQUIRED branch's run raised (whatever onnxruntime raised).
         """
         started = time.perf_counter()
-        per_rate = {
-            rate: resample(window.samples, window.sample_rate_hz, rate)
-            for rate in {s.branch.input.sample_rate_hz for s in self.sessions.values()}
-        }
+        audio = _RateAudio(window)
         outputs: dict[str, BranchOutput] = {}
         unscored: list[str] = []
         failed: list[str] = []
         for name, session in self.sessions.items():
             try:
-                output = self._run_branch(session, per_rate, window)
+                output = self._run_branch(session, audio, window)
             except Exception:
                 self.counters.branch_failures += 1
                 if name in self.manifest.fusion.required_branches:
@@ -286,3 +284,21 @@ class Engine:
                 if ok:
                     context[label] = max(float(value), context.get(label, 0.0))
         return context
+
+
+class _RateAudio:
+    """A window's audio at each branch's rate, resampled once per rate when first asked for (a
+    live window whose first crop is carried asks only for the tail after it)."""
+
+    def __init__(self, window: Window):
+        self.window = window
+        self._full: dict[int, np.ndarray] = {}
+
+    def at(self, rate: int, start: int = 0) -> np.ndarray:
+        """The window at `rate` from sample `start` (at `rate`) to its end."""
+        if rate in self._full:
+            return self._full[rate][start:]
+        if start > 0:
+            return resample_tail(self.window.samples, self.window.sample_rate_hz, rate, start)
+        self._full[rate] = resample(self.window.samples, self.window.sample_rate_hz, rate)
+        return self._full[rate]

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import welch
 
-from device.audio.resample import ratio, resample, resampled_length
+from device.audio.resample import ratio, resample, resample_tail, resampled_length
 
 
 def test_ratios_are_reduced_by_their_gcd() -> None:
@@ -60,3 +60,15 @@ def test_a_round_trip_through_a_higher_rate_gives_back_the_recording(soundscape:
     # Up then down passes everything below 0.9 x 16 kHz; the soundscape has little above.
     error = np.sqrt(np.mean((back[100:-100] - data[100:-100]) ** 2)) / np.sqrt(np.mean(data**2))
     assert error < 0.05
+
+
+@pytest.mark.parametrize("recording", ["audio/elsilencio_soundscape/H02_20230420_074000.ogg",  # 32 kHz
+                                       "audio/colombian_frogs/Boana_pugnax.wav",  # 44.1 kHz
+                                       "audio/insects/Rthoptera_coryphoda_albidicollis.flac"])  # 96 kHz
+def test_a_tail_resampled_alone_is_the_whole_windows_tail_bit_for_bit(shared_data, recording):
+    audio, rate = sf.read(shared_data / recording, dtype="float32")
+    window = np.zeros(5 * rate, dtype=np.float32)
+    window[: min(len(audio), len(window))] = audio[: len(window)]
+    whole = resample(window, rate, 48_000)
+    for start in (1, 4_799, 96_000, 96_001, len(whole) - 1):
+        np.testing.assert_array_equal(resample_tail(window, rate, 48_000, start), whole[start:])
