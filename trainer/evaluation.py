@@ -137,11 +137,22 @@ def summary(head) -> str:
                      f"{row['macro_mix_recall']:.2f}, parts detected {row['recordings_detected']}/{row['recordings']}, "
                      f"false {name} on {row['other_windows_with_a_false_label']}/{row['other_windows']} other windows "
                      f"({row['negative_windows_with_a_false_label']}/{row['negative_windows']} negatives)")
+    for label, row in head.metrics.get("birdnet_families", {}).items():
+        source = head.training["birdnet_families"][label]
+        recall, false = row["clean_recall"], row["false_positives"]
+        lines.append(f"{label} {names[label]}: BirdNET's {len(source['species'])} species, threshold "
+                     f"{source['birdnet_threshold']:.3f} (head {source['head_threshold']:.3f}, odds x "
+                     f"{source['odds_factor']:.3g}); out of fold clean recall head/BirdNET/both "
+                     f"{recall['head']:.2f}/{recall['birdnet']:.2f}/{recall['combined']:.2f}, false positives "
+                     f"{false['head']}/{false['birdnet']}/{false['combined']} of {false['negative_windows']}")
+        for neg in row["negative_recordings"]:
+            lines.append(f"  negative {neg['path']}: BirdNET {neg['birdnet']:.3f}, combined {neg['combined']:.3f}")
     test = head.metrics.get("test")
     for row in (test or {}).get("recordings", []):
         verdict = f"{row['label']} {'detected' if row['detected'] else 'MISSED'} at {row['score']:.3f}" \
             if row["label"] else "negative"
-        lines.append(f"test {row['path']}: {verdict}; labels over threshold {row['fired'] or 'none'}")
+        birdnet = "".join(f"; BirdNET {label} {score:.3f}" for label, score in row.get("birdnet", {}).items())
+        lines.append(f"test {row['path']}: {verdict}; labels over threshold {row['fired'] or 'none'}{birdnet}")
     if test:
         lines.append(f"test negatives: {test['negative_windows_with_a_label']}/{test['negative_windows']} windows "
                      "with a label over its threshold")

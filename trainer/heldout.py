@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.augment import WINDOW_S, Layer, WindowPlan
-from trainer.embeddings import EmbeddingCache, birdnet_session, embed_plans
+from trainer.birdnet_families import embed_and_score
+from trainer.embeddings import birdnet_session
 from trainer.labelled import LabelledClip, clip_duration
 
 HELD_OUT_TEST: dict[str, str] = {
@@ -89,17 +90,22 @@ def device_plans(clips: list[LabelledClip], durations: list[float]) -> list[Wind
 def evaluate_test(head, clips: list[LabelledClip], cache_dir: Path, threads: int = 1) -> dict:
     """The final head on the held-out recordings, window by window as the device scores them.
 
+    Scores are the bundle's (`EmbeddingHead.combined_scores`): for the labels with a BirdNET
+    family source, the larger of the head's and BirdNET's shifted score.
+
     Returns:
-        {"recordings": [{path, label, windows, score (best of its own label), detected, fired}],
-        "negative_windows", "negative_windows_with_a_label"}; `fired` maps each label crossing its
-        threshold in some window to its best score.
+        {"recordings": [{path, label, windows, score (best of its own label), detected, fired,
+        birdnet}], "negative_windows", "negative_windows_with_a_label"}; `fired` maps each label
+        crossing its threshold in some window to its best score, `birdnet` each family label
+        with a BirdNET source to BirdNET's best family score (unshifted).
     """
     if not clips:
         return {"recordings": [], "negative_windows": 0, "negative_windows_with_a_label": 0}
     plans = device_plans(clips, [clip_duration(c) for c in clips])
     session, model_id = birdnet_session(Path(cache_dir), threads)
-    scores = head.scores(embed_plans(plans, clips, session, EmbeddingCache(Path(cache_dir), model_id),
-                                     lambda line: None))
+    families = {label: row["species"] for label, row in head.birdnet_families.items()}
+    x, birdnet = embed_and_score(plans, clips, session, Path(cache_dir), model_id, families, lambda line: None)
+    scores = head.combined_scores(x, birdnet)
     fired = scores >= head.thresholds
     owner = np.array([plan.layers[0].clip for plan in plans])
     rows = []
@@ -107,7 +113,8 @@ def evaluate_test(head, clips: list[LabelledClip], cache_dir: Path, threads: int
         mine = owner == i
         best = scores[mine].max(axis=0)
         row = {"path": relative_path(clip.path), "label": clip.label, "windows": int(mine.sum()),
-               "fired": {head.label_ids[j]: round(float(best[j]), 4) for j in np.flatnonzero(fired[mine].any(axis=0))}}
+               "fired": {head.label_ids[j]: round(float(best[j]), 4) for j in np.flatnonzero(fired[mine].any(axis=0))},
+               "birdnet": {label: round(float(birdnet[mine, f].max()), 4) for f, label in enumerate(families)}}
         if clip.label:
             j = head.label_ids.index(clip.label)
             row.update(score=round(float(best[j]), 4), detected=bool(fired[mine, j].any()))

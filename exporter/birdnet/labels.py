@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,3 +131,19 @@ def map_to_taxonomy(labels: list[BirdnetLabel], taxa: list[Taxon]) -> LabelMappi
         missing=tuple(missing),
         covered_by_class={c: (covered[c], n) for c, n in total.items()},
     )
+
+
+def species_indices(birdnet_labels, names: Sequence[str]) -> list[int]:
+    """BirdNET's class index of each scientific name, in `names` order (matched whole, never a
+    substring: a search for "Owl" must not take the Powerful Owl).
+
+    Raises:
+        ValueError: a name is not exactly one BirdNET label (named).
+    """
+    out = []
+    for name in names:
+        found = [label.index for label in birdnet_labels if label.scientific_name == name]
+        if len(found) != 1:
+            raise ValueError(f"BirdNET's labels hold {len(found)} classes named exactly {name!r} (expected one)")
+        out.append(found[0])
+    return out

@@ -16,11 +16,20 @@ output, ``context_logits`` (``MatMul(embedding, W[:, context]) + b[context]`` wi
 second Gather with ``gather``): the device scores them every window for its privacy filter and
 stores them per detection, never as labels. Ten columns of 1024 weights add 41 KB and one small
 MatMul: size and speed barely change (``python -m bench.default_cost``).
+
+Family columns: given ``families`` (lists of class indices, e.g. BirdNET's four *Gryllus*
+species), ``logits`` gains one further column per family after the site classes: the maximum
+of those classes' logits (``ReduceMax`` over their columns of the classifier). The device applies
+BirdNET's sigmoid to every column and max-pools over crops; the sigmoid is monotone, so the
+column's probability is exactly the maximum of those species' probabilities: a family score
+computed in the bundle (trainer/birdnet_families.py, exporter/fusion.py). Twenty-two columns
+add 90 KB.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +38,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from exporter.birdnet.convert import EMBEDDING_NAME, LOGITS_NAME
+from exporter.birdnet.labels import species_indices
 
 CONTEXT_NAME = "context_logits"
 """The graph output holding the context classes' logits (the manifest's ``outputs.context.name``)."""
@@ -52,26 +62,22 @@ def context_indices(labels, names: tuple[str, ...] = CONTEXT_CLASSES) -> list[in
     Raises:
         ValueError: a name is not exactly one BirdNET label's scientific name.
     """
-    out = []
-    for name in names:
-        found = [label.index for label in labels if label.scientific_name == name]
-        if len(found) != 1:
-            raise ValueError(f"BirdNET's labels hold {len(found)} classes named exactly {name!r} (expected one)")
-        out.append(found[0])
-    return out
+    return species_indices(labels, names)
 
 
 def restrict_to_classes(
     src: Path, dst: Path, indices: list[int] | tuple[int, ...], method: Literal["slice", "gather"] = "slice",
     context: list[int] | tuple[int, ...] | None = None,
+    families: list[list[int]] | tuple[tuple[int, ...], ...] | None = None,
 ) -> Path:
-    """Write a copy of ``src`` whose ``logits`` are ``logits[:, indices]`` of the original and,
-    with ``context``, whose second output ``context_logits`` is ``logits[:, context]``.
+    """Write a copy of ``src`` whose ``logits`` are ``logits[:, indices]`` of the original,
+    followed with ``families`` by one column per family, ``logits[:, family].max(axis=1)``,
+    and, with ``context``, whose second output ``context_logits`` is ``logits[:, context]``.
 
     Raises:
-        ValueError: an index is out of range or repeated (within ``indices`` or within
-            ``context``), or (``slice``) the logits are not produced by ``MatMul(embedding, W) + b``
-            with constant W and b.
+        ValueError: an index is out of range or repeated (within ``indices``, within
+            ``context`` or within a family), or (``slice``) the logits are not produced by
+            ``MatMul(embedding, W) + b`` with constant W and b.
     """
     model = onnx.load(str(src))
     graph = model.graph
@@ -79,13 +85,16 @@ def restrict_to_classes(
     n_classes = out.type.tensor_type.shape.dim[1].dim_value
     idx = _indices(indices, n_classes, src, "class")
     ctx = None if context is None else _indices(context, n_classes, src, "context class")
-    if method == "slice":
-        _slice_classifier(graph, idx, src, ctx)
-    elif method == "gather":
-        _gather_output(graph, idx, ctx)
-    else:
+    fams = [_indices(f, n_classes, src, "family class") for f in families or ()]
+    if method not in ("slice", "gather"):
         raise ValueError(f"unknown restriction method {method!r}")
-    out.type.tensor_type.shape.dim[1].dim_value = int(idx.size)
+    if method == "slice":
+        _slice_classifier(graph, idx, src, ctx, fams)
+    else:
+        _gather_output(graph, idx, ctx)
+    if fams:
+        _append_families(graph, fams, method)
+    out.type.tensor_type.shape.dim[1].dim_value = int(idx.size) + len(fams)
     if ctx is not None:
         context_out = copy.deepcopy(out)
         context_out.name = CONTEXT_NAME
@@ -96,6 +105,8 @@ def restrict_to_classes(
     props["restricted_method"] = method
     if ctx is not None:
         props["context_classes"] = str(int(ctx.size))
+    if fams:
+        props["family_columns"] = json.dumps([f.tolist() for f in fams])
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
@@ -118,7 +129,8 @@ def _output(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     raise ValueError(f"the model has no {name!r} output")
 
 
-def _slice_classifier(graph: onnx.GraphProto, idx: np.ndarray, src: Path, ctx: np.ndarray | None) -> None:
+def _slice_classifier(graph: onnx.GraphProto, idx: np.ndarray, src: Path, ctx: np.ndarray | None,
+                      fams: list[np.ndarray]) -> None:
     producers = {o: n for n in graph.node for o in n.output}
     inits = {t.name: t for t in graph.initializer}
     add = producers.get(LOGITS_NAME)
@@ -138,8 +150,43 @@ def _slice_classifier(graph: onnx.GraphProto, idx: np.ndarray, src: Path, ctx: n
                                   numpy_helper.from_array(np.ascontiguousarray(bias[ctx]), b_ctx)])
         graph.node.extend([helper.make_node("MatMul", [EMBEDDING_NAME, w_ctx], [product], name="context_classifier"),
                            helper.make_node("Add", [product, b_ctx], [CONTEXT_NAME], name="context_bias")])
+    if fams:  # the family species' columns, also from the full classifier: [batch, all family species]
+        every = np.concatenate(fams)
+        graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(weights[:, every]), FAMILY_PREFIX + "W"),
+                                  numpy_helper.from_array(np.ascontiguousarray(bias[every]), FAMILY_PREFIX + "b")])
+        graph.node.extend([
+            helper.make_node("MatMul", [EMBEDDING_NAME, FAMILY_PREFIX + "W"], [FAMILY_PREFIX + "product"],
+                             name="family_classifier"),
+            helper.make_node("Add", [FAMILY_PREFIX + "product", FAMILY_PREFIX + "b"], [FAMILY_PREFIX + "species"],
+                             name="family_bias")])
     inits[w_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weights[:, idx]), w_name))
     inits[b_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(bias[idx]), b_name))
+
+
+FAMILY_PREFIX = "family_"
+
+
+def _append_families(graph: onnx.GraphProto, fams: list[np.ndarray], method: str) -> None:
+    """`logits` := Concat(site logits, ReduceMax over each family's species logits)."""
+    site = LOGITS_NAME + "_site"
+    for node in graph.node:
+        for k, name in enumerate(node.output):
+            if name == LOGITS_NAME:
+                node.output[k] = site
+    # slice: the family MatMul holds the species columns family after family; gather: the full logits
+    source = FAMILY_PREFIX + "species" if method == "slice" else LOGITS_NAME + "_all"
+    starts = np.cumsum([0] + [f.size for f in fams])
+    columns = []
+    for k, fam in enumerate(fams):
+        cols = np.arange(starts[k], starts[k + 1]) if method == "slice" else fam
+        name = f"{FAMILY_PREFIX}{k}"
+        graph.initializer.append(numpy_helper.from_array(cols.astype(np.int64), name + "_columns"))
+        graph.node.extend([
+            helper.make_node("Gather", [source, name + "_columns"], [name + "_logits"], name=name + "_gather", axis=1),
+            helper.make_node("ReduceMax", [name + "_logits"], [name + "_max"], name=name + "_max", axes=[1],
+                             keepdims=1)])
+        columns.append(name + "_max")
+    graph.node.append(helper.make_node("Concat", [site, *columns], [LOGITS_NAME], name="site_and_families", axis=1))
 
 
 def _gather_output(graph: onnx.GraphProto, idx: np.ndarray, ctx: np.ndarray | None) -> None:

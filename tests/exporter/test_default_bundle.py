@@ -1,5 +1,6 @@
 """`explorer export default-bundle`: BirdNET for the birds, the embedding head for the frogs,
-the three insect families and the two mammals.
+the three insect families and the two mammals, and for Gryllidae and Tettigoniidae the larger
+of the head's score and BirdNET's own family maximum (moved onto the head's scale).
 
 Built once for this module through the real command (about 7 s: convert, slice, LiteRT and
 fusion checks on the example recordings, sign, install).
@@ -22,11 +23,13 @@ from device.engine.engine import Engine
 from device.home import ExplorerHome
 from exporter.bundle_writer import ParityError, write_bundle
 from exporter.default_bundle import (
-    ARTEFACT, BIRD_THRESHOLD, BIRDNET_FILE, FUSION_FILE, LICENSE, NAME, LiteRtMissing, birdnet_check,
-    build_default_bundle, default_manifest, site_mapping,
+    ARTEFACT, BIRD_THRESHOLD, BIRDNET_FILE, FUSION_FILE, LICENSE, NAME, LiteRtMissing, birdnet_check, branch_labels,
+    build_default_bundle, default_manifest, family_indices, site_mapping,
 )
 from exporter.demo_bundle import EXAMPLES, development_key, example_recordings
 from exporter.fusion import build_fusion_model, source_order
+from exporter.birdnet.labels import species_indices
+from trainer.birdnet_families import FAMILY_GENERA, window_species_scores
 from trainer.embeddings import birdnet_session, device_embedding
 from trainer.embedding_head import EmbeddingHead
 
@@ -61,7 +64,9 @@ def test_birds_come_from_birdnet_and_the_rest_from_the_head(built, head, shared_
     assert list(manifest.label_ids) == sorted(manifest.label_ids, key=order.index)
     (branch,) = manifest.branches
     assert branch.activation == "sigmoid" and branch.embedding_dim == 1024 and branch.input.sample_rate_hz == 48_000
-    assert len(branch.score_labels) == 145 and {classes[label] for label in branch.score_labels} == {"Aves"}
+    # 145 site birds, then the two families BirdNET also scores (the max of its own species)
+    assert len(branch.score_labels) == 147 and list(branch.score_labels[145:]) == ["48124", "52884"]
+    assert {classes[label] for label in branch.score_labels[:145]} == {"Aves"}
     assert "littin1" in branch.score_labels and "shghum1" not in manifest.label_ids
     assert set(manifest.label_ids) == set(branch.score_labels) | set(head.label_ids)
     assert manifest.fusion.kind == "onnx"
@@ -72,6 +77,12 @@ def test_birds_come_from_birdnet_and_the_rest_from_the_head(built, head, shared_
                                                                                              "Mammalia"}
     assert manifest.default_threshold == BIRD_THRESHOLD
     assert manifest.label_thresholds == {label: round(float(t), 4) for label, t in zip(head.label_ids, head.thresholds)}
+    families = manifest.provenance["birdnet_families"]
+    assert list(families) == ["48124", "52884"] == list(head.birdnet_families)
+    assert families["52884"]["species"] == ["Gryllus assimilis", "Gryllus fultoni", "Gryllus pennsylvanicus",
+                                            "Gryllus rubens"]
+    assert len(families["48124"]["species"]) == 18
+    assert {name.split()[0] for name in families["48124"]["species"]} == set(FAMILY_GENERA["48124"])
 
 
 def test_licence_and_attribution_travel_with_it(built):
@@ -128,10 +139,12 @@ def test_rebuilding_reuses_the_installed_bundle(built):
 
 
 def test_training_and_the_device_compute_the_same_embedding_and_scores(built, head, shared_data, tmp_path):
-    """The head was trained on `device_embedding`; the engine must feed the fusion the same vector."""
+    """The head was trained on `device_embedding`; the engine must feed the fusion the same vector
+    (and the same BirdNET family scores, `trainer.birdnet_families.window_species_scores`)."""
     home, path, _ = built
     engine = Engine(verify_bundle(path, home.trusted_keys), threads=1)
     session, _ = birdnet_session(tmp_path)
+    families = family_indices(head)
     windows = list(file_windows(shared_data / "audio/birds/spinetail.wav"))  # 44.1 kHz, last window padded
     windows.append(next(iter(file_windows(shared_data / "audio/birdclef_train_audio/4.ogg"))))  # a frog, 32 kHz
     assert windows[-2].real_samples < len(windows[-2].samples)
@@ -139,8 +152,10 @@ def test_training_and_the_device_compute_the_same_embedding_and_scores(built, he
         prediction = engine.predict(window)
         trained = device_embedding(session, window.samples, window.sample_rate_hz, window.real_samples)
         np.testing.assert_allclose(prediction.embedding, trained, atol=1e-5)
+        family = [[window_species_scores(session, window.samples, window.sample_rate_hz, species,
+                                         window.real_samples).max() for species in families]]
         frogs = [prediction.labels.index(label) for label in head.label_ids]
-        np.testing.assert_allclose(prediction.scores[frogs], head.scores(trained[None])[0], atol=1e-5)
+        np.testing.assert_allclose(prediction.scores[frogs], head.combined_scores(trained[None], family)[0], atol=1e-5)
     assert prediction.scores[prediction.labels.index("21211")] >= engine.manifest.threshold("21211")
 
 
@@ -148,9 +163,15 @@ def _manifest_and_checks(home: ExplorerHome, head: EmbeddingHead):
     mapping = site_mapping(head)
     birds = list(mapping.site_labels)
     manifest = default_manifest(head, birds, "0.0.0-test", {})
-    order = source_order(birds, head.label_ids, [label["primary_label"] for label in manifest["labels"]])
+    columns = branch_labels(head, birds)
+    order = source_order(columns, head.label_ids, [label["primary_label"] for label in manifest["labels"]],
+                         list(head.birdnet_families))
     check = birdnet_check(head, list(mapping.birdnet_indices), _tflite(), example_recordings()[:2], False, order)
-    return manifest, birds, order, check, development_key(home)
+    return manifest, columns, order, check, development_key(home)
+
+
+def _odds(head: EmbeddingHead, factor: float = 1.0) -> dict[str, float]:
+    return {label: row["odds_factor"] * factor for label, row in head.birdnet_families.items()}
 
 
 def _tflite():
@@ -161,10 +182,10 @@ def _tflite():
 
 def test_a_wrong_fusion_graph_fails_its_check_and_writes_nothing(built, head, tmp_path):
     home, path, _ = built
-    manifest, birds, _, check, key = _manifest_and_checks(home, head)
+    manifest, columns, _, check, key = _manifest_and_checks(home, head)
     labels = [label["primary_label"] for label in manifest["labels"]]
-    wrong = build_fusion_model(birds, head.label_ids, labels, head.mean, head.scale, head.weights, head.bias + 0.5,
-                               head.calibration)
+    wrong = build_fusion_model(columns, head.label_ids, labels, head.mean, head.scale, head.weights, head.bias + 0.5,
+                               head.calibration, _odds(head))
     target = tmp_path / "bundles" / "wrong"
     files = {BIRDNET_FILE: path / BIRDNET_FILE, FUSION_FILE: wrong.SerializeToString()}
     with pytest.raises(ParityError, match="'fusion'"):
@@ -172,20 +193,88 @@ def test_a_wrong_fusion_graph_fails_its_check_and_writes_nothing(built, head, tm
     assert not target.exists() and list(target.parent.iterdir()) == []
 
 
+def test_a_wrong_family_combination_fails_its_check_and_writes_nothing(built, head, tmp_path):
+    """The example recordings hold no cricket or katydid, so the check also sweeps the family
+    columns (`exporter.default_checks.FAMILY_SWEEP`): an odds factor 10 % off is caught."""
+    home, path, _ = built
+    manifest, columns, _, check, key = _manifest_and_checks(home, head)
+    labels = [label["primary_label"] for label in manifest["labels"]]
+    wrong = build_fusion_model(columns, head.label_ids, labels, head.mean, head.scale, head.weights, head.bias,
+                               head.calibration, _odds(head, 1.1))
+    target = tmp_path / "bundles" / "wrong-odds"
+    files = {BIRDNET_FILE: path / BIRDNET_FILE, FUSION_FILE: wrong.SerializeToString()}
+    with pytest.raises(ParityError, match="'fusion'"):
+        write_bundle(target, manifest, files, key, [check])
+    assert not target.exists()
+
+
 def test_a_wrongly_sliced_birdnet_fails_its_check_and_writes_nothing(built, head, tmp_path):
     from exporter.birdnet.convert import convert_birdnet
-    from exporter.birdnet.restrict import restrict_to_classes
+    from exporter.birdnet.labels import read_birdnet_labels
+    from exporter.birdnet.restrict import context_indices, restrict_to_classes
 
     home, path, _ = built
     manifest, _, _, check, key = _manifest_and_checks(home, head)
     indices = list(site_mapping(head).birdnet_indices)
     full = convert_birdnet(tmp_path / "full.onnx").onnx_path
-    shuffled = restrict_to_classes(full, tmp_path / "shuffled.onnx", indices[1:] + indices[:1])  # off by one class
+    families = family_indices(head)
+    shuffled = restrict_to_classes(full, tmp_path / "shuffled.onnx", indices[1:] + indices[:1],  # off by one class
+                                   families=families)
     target = tmp_path / "bundles" / "shuffled"
     files = {BIRDNET_FILE: shuffled, FUSION_FILE: path / FUSION_FILE}
     with pytest.raises(ParityError, match="'logits'"):
         write_bundle(target, manifest, files, key, [check])
     assert not target.exists() and list(target.parent.iterdir()) == []
+    context = context_indices(read_birdnet_labels())
+    # the family columns swapped (the katydids' maximum under the crickets' label)
+    swapped = restrict_to_classes(full, tmp_path / "swapped.onnx", indices, context=context, families=families[::-1])
+    with pytest.raises(ParityError, match="'logits'"):
+        write_bundle(tmp_path / "bundles" / "swapped", manifest,
+                     {BIRDNET_FILE: swapped, FUSION_FILE: path / FUSION_FILE}, key, [check])
+    # no family columns at all
+    bare = restrict_to_classes(full, tmp_path / "bare.onnx", indices, context=context)
+    with pytest.raises(ParityError, match="'logits'"):
+        write_bundle(tmp_path / "bundles" / "bare", manifest, {BIRDNET_FILE: bare, FUSION_FILE: path / FUSION_FILE},
+                     key, [check])
+    assert list((tmp_path / "bundles").iterdir()) == []
+
+
+def test_the_device_scores_the_families_as_the_trainer_does(built, head, shared_data, tmp_path):
+    """BirdNET's family column in the bundle is the max of its species' probabilities: the engine's
+    branch score against the trainer's numpy (full BirdNET, every species column) on the same
+    windows, and the fused score against `EmbeddingHead.combined_scores`. Real crickets and
+    katydids: the held-out Gryllus campestris (BirdNET's Fall Field Cricket 0.99), the scaly cricket
+    that set BirdNET's cricket threshold, a training katydid, and the meadow grasshopper."""
+    from exporter.birdnet.labels import read_birdnet_labels
+
+    home, path, _ = built
+    engine = Engine(verify_bundle(path, home.trusted_keys), threads=1)
+    session, _ = birdnet_session(tmp_path)
+    labels = read_birdnet_labels()
+    families = {label: species_indices(labels, row["species"]) for label, row in head.birdnet_families.items()}
+    windows = [w for name in ("insects/Rthoptera_gryllus_campestris_XC753101.flac",
+                              "negatives/Rthoptera_hoplosphyrum_griseum_Mogoplistidae.flac",
+                              "insects/Rthoptera_platycleis_grisea.flac",
+                              "negatives/LIS_XC446417_Pseudochorthippus_parallelus_Acrididae.mp3")
+               for w in list(file_windows(shared_data / "audio" / name))[:3]]
+    best = {label: 0.0 for label in families}
+    for window in windows:
+        prediction = engine.predict(window)
+        branch = prediction.branch_scores["birdnet"]
+        trained = device_embedding(session, window.samples, window.sample_rate_hz, window.real_samples)
+        family = []
+        for label, species in families.items():
+            mine = window_species_scores(session, window.samples, window.sample_rate_hz, species, window.real_samples)
+            column = prediction.labels.index(label)
+            assert abs(branch[column] - mine.max()) <= 1e-5, (window.source, label, branch[column], mine.max())
+            family.append(mine.max())
+            best[label] = max(best[label], float(mine.max()))
+        expected = head.combined_scores(trained[None], np.array([family]))[0]
+        ours = [prediction.labels.index(label) for label in head.label_ids]
+        np.testing.assert_allclose(prediction.scores[ours], expected, atol=1e-5)
+    assert best["52884"] >= 0.98  # the Fall Field Cricket on Gryllus campestris
+    gryllidae = prediction.labels.index("52884")
+    assert engine.predict(windows[0]).scores[gryllidae] >= engine.manifest.threshold("52884")
 
 
 def test_without_litert_it_stops_unless_told_to_rely_on_the_onnx_checks(tmp_path, monkeypatch):
@@ -201,4 +290,5 @@ def test_without_litert_it_stops_unless_told_to_rely_on_the_onnx_checks(tmp_path
     manifest = json.loads((home.active_bundle() / "manifest.json").read_text())
     assert manifest["provenance"]["checks"].startswith("onnx self-checks only")
     assert {p["output"] for p in manifest["provenance"]["parity"]} == {"logits", "fusion", "context_logits"}
+    assert "family columns" in manifest["provenance"]["parity"][0]["reference"]
     assert all(p["passed"] for p in manifest["provenance"]["parity"])

@@ -1,5 +1,6 @@
 """The site-restricted model: the same network, logits only for the site's classes, and BirdNET's
-non-species classes (Human vocal, Engine, ...) kept as a second output."""
+non-species classes (Human vocal, Engine, ...) kept as a second output, and family columns (the
+maximum of BirdNET's own cricket or katydid species' logits) after the site classes."""
 
 from __future__ import annotations
 
@@ -82,4 +83,48 @@ def test_keeping_the_context_columns_barely_grows_the_file(birdnet, site_indices
 def test_bad_context_indices_are_refused(birdnet, site_indices, tmp_path, context):
     with pytest.raises(ValueError, match="context class indices must be distinct and within 0..6521"):
         restrict_to_classes(birdnet.onnx_path, tmp_path / "x.onnx", site_indices, context=context)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def families():
+    """BirdNET's four Gryllus species and its eighteen katydids (trainer.birdnet_families)."""
+    from exporter.birdnet.labels import species_indices
+    from trainer.birdnet_families import family_species
+
+    labels = read_birdnet_labels()
+    return [species_indices(labels, names) for names in family_species(labels).values()]
+
+
+@pytest.mark.parametrize("method", ["slice", "gather"])
+def test_family_columns_are_the_max_of_their_species_logits(birdnet, soundscape_windows, site_indices, families,
+                                                           tmp_path, method):
+    """After the site classes, one column per family: the largest of its species' logits (so after
+    the device's sigmoid, the largest of their probabilities)."""
+    assert [len(f) for f in families] == [4, 18]
+    context = context_indices(read_birdnet_labels())
+    path = restrict_to_classes(birdnet.onnx_path, tmp_path / f"{method}.onnx", site_indices, method, context=context,
+                               families=families)
+    session = OnnxBirdnet(path).session
+    assert session.get_outputs()[0].shape == ["batch", 145 + 2]
+    full_logits, full_emb = OnnxBirdnet(birdnet.onnx_path).session.run(["logits", "embedding"],
+                                                                       {"waveform": soundscape_windows})
+    logits, emb, context_logits = session.run(None, {"waveform": soundscape_windows})
+    assert np.array_equal(logits[:, :145], full_logits[:, list(site_indices)])
+    for k, family in enumerate(families):
+        assert np.array_equal(logits[:, 145 + k], full_logits[:, family].max(axis=1))
+    assert np.array_equal(context_logits, full_logits[:, context]) and np.array_equal(emb, full_emb)
+
+
+def test_keeping_the_family_columns_barely_grows_the_file(birdnet, site_indices, families, tmp_path):
+    bare = restrict_to_classes(birdnet.onnx_path, tmp_path / "bare.onnx", site_indices)
+    kept = restrict_to_classes(birdnet.onnx_path, tmp_path / "kept.onnx", site_indices, families=families)
+    # 22 columns of 1024 float32 weights and their biases: 90 KB (plus a few small nodes).
+    assert 90_000 < kept.stat().st_size - bare.stat().st_size < 95_000
+
+
+@pytest.mark.parametrize("family", [[], [2601, 2601], [6522]])
+def test_bad_family_indices_are_refused(birdnet, site_indices, tmp_path, family):
+    with pytest.raises(ValueError, match="family class indices must be distinct and within 0..6521"):
+        restrict_to_classes(birdnet.onnx_path, tmp_path / "x.onnx", site_indices, families=[family])
     assert not (tmp_path / "x.onnx").exists()
