@@ -58,3 +58,20 @@ def fresh_home(template: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("EXPLORER_HOME", str(root))
     return ExplorerHome.resolve(root)
 
+
+@pytest.fixture(scope="session")
+def default_home_template(tmp_path_factory) -> Path:
+    """A data home holding the real `elsilencio-default` bundle, active (about 15 s to build:
+    convert, slice, LiteRT and fusion checks, sign)."""
+    from device.home import ExplorerHome
+    from exporter.default_bundle import build_default_bundle
+
+    home = ExplorerHome.resolve(tmp_path_factory.mktemp("default-home-template")).ensure()
+    build_default_bundle(home, progress=lambda line: None)
+    return home.root
+
+
+@pytest.fixture
+def default_home(default_home_template, tmp_path, monkeypatch):
+    """A fresh data home for this test with the default bundle active; $EXPLORER_HOME points at it."""
+    return fresh_home(default_home_template, tmp_path, monkeypatch)

@@ -230,3 +230,72 @@ def assign_folds(clips: list[LabelledClip], folds: int) -> dict[str, int]:
     for k, group in enumerate(negatives):
         fold_of.setdefault(group, k % folds)
     return fold_of
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example, whatever list it came from: BirdCLEF's train.csv, the shared
+    recordings, or the guides' confirmed clips.
+
+    The heads, the splits and the audio cache read only this, so a new source of training audio
+    needs a reader that produces it and nothing else.
+    """
+
+    clip_id: str
+    """Unique within one training set: the audio cache's key (train.csv's filename; a labelled
+    list's `LabelledClip.key`)."""
+    path: Path
+    primary: str | None
+    """None: a negative (audio outside the label space)."""
+    secondary: tuple[str, ...] = ()
+    """Other labels heard in the recording: partial positives (`trainer.splits.targets`)."""
+    group: str = ""
+    """The recording (or source) it is cut from: a split never puts one group on both sides."""
+    start_s: float = 0.0
+    end_s: float | None = None
+    """None: to the end of the recording."""
+    rating: float | None = None
+    """The recordist's quality rating, 0.5..5; None when unrated (BirdCLEF writes 0.0 for that)."""
+    collection: str = ""
+    """Where the recording came from (XC, iNat, CSA; a repository for the shared recordings)."""
+    license: str = ""
+    background: bool = False
+    """Unlabelled ambience that may be mixed under calls (it is a negative as well)."""
+    unsure: tuple[str, ...] = ()
+    """Classes this audio is no safe negative for (`LabelledClip.unsure`)."""
+    latitude: float | None = None
+    longitude: float | None = None
+
+    @property
+    def group_id(self) -> str:
+        return self.group or self.clip_id
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Primary first, then the secondary labels."""
+        return ((self.primary,) if self.primary else ()) + self.secondary
+
+
+def example_from_clip(clip: LabelledClip) -> Example:
+    """The `Example` for a labelled-list clip: its label is the primary, it has no secondary
+    labels and no rating (a plain list carries neither)."""
+    return Example(
+        clip_id=clip.key, path=clip.path, primary=clip.label, group=clip.group_id, start_s=clip.start_s,
+        end_s=clip.end_s, collection=clip.source, license=clip.license, background=clip.background,
+        unsure=clip.unsure,
+    )
+
+
+def read_examples(csv_path: Path, root: Path | None = None) -> list[Example]:
+    """Examples from a plain labelled list (`read_labelled_list`'s columns: path, label, optional
+    start_s, end_s, group, background, license, source).
+
+    This is how the guides' confirmed clips come in: a CSV of path and label (the clips the
+    device kept, confirmed by a guide), read by the same routine as every other list.
+    """
+    return [example_from_clip(clip) for clip in read_labelled_list(csv_path, root)]
+
+
+def examples_from_recordings(data_dir: Path, lists: tuple[str, ...] = RECORDING_LISTS) -> list[Example]:
+    """The shared data's recording lists as examples (`clips_from_recordings`, unchanged)."""
+    return [example_from_clip(clip) for clip in clips_from_recordings(data_dir, lists)]

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
+from tests.trainer.definitions import pairwise_auc, stepwise_ap
 from trainer.metrics import average_precision, macro_roc_auc, roc_auc
 
 # Scores with many ties (one decimal) and labels: small enough to check against the definitions by brute force.
 SCORES = np.array([0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.4, 0.4, 0.2, 0.1, 0.1, 0.0])
 POSITIVE = np.array([1, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0], bool)
-
-
-def pairwise_auc(scores, positive) -> float:
-    """The definition: the share of (positive, negative) pairs the positive wins, ties counting half."""
-    pairs = list(itertools.product(scores[positive], scores[~positive]))
-    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
-
-
-def stepwise_ap(scores, positive) -> float:
-    """The definition: sum over distinct thresholds of (recall gained) x (precision there)."""
-    total, recall_before = 0.0, 0.0
-    for threshold in sorted(set(scores), reverse=True):
-        accepted = scores >= threshold
-        precision = (accepted & positive).sum() / accepted.sum()
-        recall = (accepted & positive).sum() / positive.sum()
-        total += (recall - recall_before) * precision
-        recall_before = recall
-    return total
 
 
 def test_roc_auc_is_the_pairwise_definition_with_ties_counting_half():
