@@ -40,8 +40,8 @@ from exporter.bundle_writer import write_bundle
 from exporter.default_checks import BRANCH, FUSION_FILE, birdnet_check, family_indices
 from exporter.demo_bundle import activate_installed, development_key, example_recordings
 from exporter.fusion import OUTPUT, build_fusion_model, source_order
+from exporter.head_artefacts import EmbeddingHead
 from exporter.manifest_builder import build_manifest
-from trainer.embedding_head import EmbeddingHead
 
 ARTEFACT = Path(__file__).resolve().parent / "artefacts" / "elsilencio_head.npz"
 NAME = "elsilencio-default"
@@ -60,6 +60,15 @@ BIRDNET_THREADS = 1
 3 s crop against 26-30 ms with two)."""
 LICENSE = "CC BY-NC-SA 4.0"
 REBUILD = "python -m trainer.embedding_head --data ../shared/data --out exporter/artefacts/elsilencio_head.npz"
+BIRDNET_SUPPORT = {
+    "recordings": None, "seconds": None,
+    "sources": ["BirdNET V2.4 (Kahl et al. 2021): xeno-canto and Macaulay Library recordings; "
+                "per-class counts not published"],
+    "note": "",
+}
+"""The training support of BirdNET's own classes: the model card gives no per-class counts."""
+
+
 class LiteRtMissing(RuntimeError):
     """ai-edge-litert is not installed, so the converted BirdNET cannot be compared with the original."""
 
@@ -156,7 +165,6 @@ def default_manifest(head: EmbeddingHead, bird_labels: list[str], version: str, 
     Args:
         bird_labels: the site birds BirdNET scores (not the family columns).
     """
-    from trainer.support import BIRDNET_SUPPORT
 
     label_ids = set(bird_labels) | set(head.label_ids)
     support = head.training.get("support", {})

@@ -18,7 +18,7 @@ from device.audio.resample import resample
 from device.engine.engine import make_crops
 from exporter.bundle_writer import BranchCheck, ParityResult
 from exporter.fusion import EMBEDDING_INPUT, OUTPUT, SCORES_INPUT, fusion_reference
-from trainer.embedding_head import EmbeddingHead
+from exporter.head_artefacts import EmbeddingHead
 
 BRANCH = "birdnet"
 """The sliced BirdNET's branch name in the manifest."""

@@ -22,10 +22,10 @@ from device.bundle.verify import verify_bundle
 from device.home import ExplorerHome
 from exporter.bundle_writer import BranchCheck, ParityResult, write_bundle
 from exporter.frontend import LogMelParams, log_mel_reference
+from exporter.head_artefacts import POOLING, TinyHead, cut_windows, pool_features, sigmoid
 from exporter.linear_head import build_linear_head_model
 from exporter.manifest_builder import branch_entry, build_manifest
 from exporter.signing import generate_keypair, load_private_key, public_bytes, trust_raw_key
-from trainer.tiny_head import POOLING, TinyHead, cut_windows, pool_features, sigmoid
 
 REPO = Path(__file__).resolve().parents[1]
 ARTEFACT = Path(__file__).resolve().parent / "artefacts" / "demo_head.npz"

@@ -178,7 +178,7 @@ def fusion_reference(bird_scores: np.ndarray, head_scores: np.ndarray, order: np
     Args:
         combined: `combined_columns(...)`, for a graph built with `combined`.
     """
-    from trainer.birdnet_families import combine
+    from exporter.head_artefacts import combine
 
     bird, head = np.asarray(bird_scores, np.float64), np.asarray(head_scores, np.float64)
     both = [combine(head[:, h], bird[:, b], k)[:, None] for b, h, k in combined]

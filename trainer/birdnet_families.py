@@ -38,6 +38,7 @@ import numpy as np
 
 from device.audio.resample import resample
 from device.engine.engine import make_crops
+from exporter.head_artefacts import combine
 from device.engine.session import activate
 from trainer.augment import MODEL_RATE_HZ, AudioStore, WindowPlan
 from trainer.embeddings import CROP_SAMPLES, EmbeddingCache
@@ -151,18 +152,6 @@ def family_scores(species: np.ndarray, columns: Sequence[Sequence[int]]) -> np.n
 def odds_factor(head_threshold: float, birdnet_threshold: float) -> float:
     """k such that `shift(birdnet_threshold, k) == head_threshold`: the ratio of their odds."""
     return float(head_threshold / (1 - head_threshold) / (birdnet_threshold / (1 - birdnet_threshold)))
-
-
-def shift(probability: np.ndarray, factor: float) -> np.ndarray:
-    """sigmoid(logit(p) + log k), written k p / (k p + (1 - p)): exactly 0 and 1 at p = 0 and 1
-    (no log of 0), monotone, and computed so by the fusion graph (exporter/fusion.py)."""
-    p = np.asarray(probability, np.float64)
-    return factor * p / (factor * p + (1.0 - p))
-
-
-def combine(head: np.ndarray, birdnet: np.ndarray, factor: float) -> np.ndarray:
-    """The label's score: the head's, or BirdNET's family score moved onto the head's scale, the larger."""
-    return np.maximum(np.asarray(head, np.float64), shift(birdnet, factor))
 
 
 def family_columns(families: Mapping[str, Sequence[str]]) -> tuple[list[str], list[list[int]]]:

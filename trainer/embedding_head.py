@@ -34,19 +34,17 @@ Rebuild the committed artefact (a few minutes on one core; seconds with a warm c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize
 
-from trainer.artefact import save_artefact
-from trainer.logistic import fit_logistic, sigmoid
+from exporter.head_artefacts import EmbeddingHead, sigmoid
+from trainer.logistic import fit_logistic
 from trainer.augment import TAIL_S, WindowPlan, plan_clean, plan_mixes
 from trainer.birdnet_families import (
     FAMILY_GENERA, combine, embed_and_score, family_report, family_species, odds_factor,
@@ -89,84 +87,6 @@ class Config:
     mixes_per_negative_clip: int = 4
     """Out-of-space calls in forest noise: the negatives the thresholds should hold against."""
     seed: int = 0
-
-
-@dataclass
-class EmbeddingHead:
-    """The trained head: standardize, linear, shared Platt calibration, sigmoid."""
-
-    labels: list[dict[str, str]]
-    """Manifest label entries in taxonomy order (the order of the weight columns)."""
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
-    """[1024, labels] float32"""
-    bias: np.ndarray
-    calibration: np.ndarray
-    """(a, b): probability = sigmoid(a * logit + b), fitted on out-of-fold logits."""
-    thresholds: np.ndarray
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    site: list[dict[str, str]] = field(default_factory=list)
-    """Every taxon of the site (taxonomy.csv rows): which birds BirdNET covers is derived from
-    it at bundle time, on machines that have no copy of the shared data."""
-
-    @property
-    def label_ids(self) -> list[str]:
-        return [label["primary_label"] for label in self.labels]
-
-    def logits(self, embedding: np.ndarray) -> np.ndarray:
-        """Uncalibrated logits [n, labels], in float64."""
-        x = (np.asarray(embedding, np.float64) - self.mean) / self.scale
-        return x @ self.weights.astype(np.float64) + self.bias
-
-    def scores(self, embedding: np.ndarray) -> np.ndarray:
-        """The head's own calibrated probabilities [n, labels] (what the fusion graph computes for
-        every label BirdNET does not also score)."""
-        a, b = self.calibration
-        return sigmoid(a * self.logits(embedding) + b)
-
-    @property
-    def birdnet_families(self) -> dict[str, dict[str, Any]]:
-        """Label -> {"species": BirdNET scientific names, "odds_factor", "head_threshold",
-        "birdnet_threshold"} for the labels combined with BirdNET's family score (trainer order)."""
-        return self.training.get("birdnet_families", {})
-
-    def combined_scores(self, embedding: np.ndarray, birdnet_family: np.ndarray | None) -> np.ndarray:
-        """Every label's score as the bundle gives it [n, labels]: the head's, and for the labels
-        in `birdnet_families` the larger of it and BirdNET's shifted family score.
-
-        Args:
-            birdnet_family: [n, families] BirdNET family scores in `birdnet_families` order
-                (`trainer.birdnet_families.plan_family_scores`); None only for a head without any.
-        """
-        scores = self.scores(embedding)
-        for f, (label, row) in enumerate(self.birdnet_families.items()):
-            j = self.label_ids.index(label)
-            scores[:, j] = combine(scores[:, j], np.asarray(birdnet_family)[:, f], row["odds_factor"])
-        return scores
-
-    def save(self, path: Path) -> Path:
-        """Write a deterministic .npz (fixed zip timestamps: same head, same bytes)."""
-        arrays = {"mean": self.mean.astype(np.float32), "scale": self.scale.astype(np.float32),
-                  "weights": self.weights.astype(np.float32), "bias": self.bias.astype(np.float32),
-                  "calibration": self.calibration.astype(np.float64), "thresholds": self.thresholds.astype(np.float64)}
-        texts = {"labels": self.labels, "metrics": self.metrics, "training": self.training, "site": self.site}
-        return save_artefact(path, arrays, texts)
-
-    @classmethod
-    def load(cls, path: Path) -> "EmbeddingHead":
-        """Raises: ValueError naming the file when it is not a head artefact."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                text = {k: json.loads(str(data[k])) for k in ("labels", "metrics", "training", "site")}
-                return cls(labels=text["labels"], mean=data["mean"].astype(np.float64),
-                           scale=data["scale"].astype(np.float64), weights=data["weights"],
-                           bias=data["bias"].astype(np.float64), calibration=data["calibration"],
-                           thresholds=data["thresholds"], metrics=text["metrics"], training=text["training"],
-                           site=text["site"])
-        except (KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path}: not an embedding-head artefact ({exc})") from None
 
 
 def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

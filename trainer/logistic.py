@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function via tanh: no overflow warnings for large |z|."""
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+from exporter.head_artefacts import sigmoid
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iterations: int = 3000) -> tuple[np.ndarray, np.ndarray]:

@@ -11,14 +11,6 @@ from __future__ import annotations
 
 from trainer.labelled import SOURCE_URL, LabelledClip, clip_duration
 
-BIRDNET_SUPPORT = {
-    "recordings": None, "seconds": None,
-    "sources": ["BirdNET V2.4 (Kahl et al. 2021): xeno-canto and Macaulay Library recordings; "
-                "per-class counts not published"],
-    "note": "",
-}
-"""The training support of BirdNET's own classes: the model card gives no per-class counts."""
-
 COLLECTIONS = {
     "exploring-curiosity/MLOps": "BirdCLEF 2025 train_audio (xeno-canto)",
     "colombianfrogs/sounds": "colombianfrogs/sounds (Colombian advertisement-call descriptions, IAvH-CSA)",

@@ -24,7 +24,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ import soundfile as sf
 from device.audio.resample import resample
 from exporter.frontend import DEFAULT_LOG_MEL, LogMelParams, build_front_end_model
 from exporter.manifest_builder import labels_from_taxonomy
-from trainer.artefact import save_artefact
-from trainer.logistic import fit_logistic, sigmoid
+from exporter.head_artefacts import POOLING, TinyHead, cut_windows, pool_features, sigmoid
+from trainer.logistic import fit_logistic
 from trainer.metrics import average_precision, roc_auc
 
 WINDOW_S = 5.0
@@ -95,20 +95,6 @@ def load_audio(path: Path, rate_hz: int) -> np.ndarray:
     return resample(audio.mean(axis=1), native, rate_hz)
 
 
-def cut_windows(audio: np.ndarray, window: int, hop: int) -> np.ndarray:
-    """[n, window] windows hopping through `audio`; a part shorter than a window is tiled.
-
-    Tiling (looping the call) keeps a short call's per-band statistics; zero padding would
-    fill most of the window with the dB floor.
-    """
-    if len(audio) == 0:
-        return np.zeros((0, window), np.float32)
-    if len(audio) < window:
-        audio = np.tile(audio, -(-window // len(audio)))[:window]
-    starts = range(0, len(audio) - window + 1, hop)
-    return np.stack([audio[s : s + window] for s in starts]).astype(np.float32)
-
-
 class FrontEnd:
     """The ONNX log-mel front end in onnxruntime: waveforms [n, samples] -> mel [n, bands, frames]."""
 
@@ -123,71 +109,6 @@ class FrontEnd:
         return np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float32)
 
 
-def pool_features(mel: np.ndarray) -> np.ndarray:
-    """[n, bands, frames] log-mel -> [n, 2*bands] float64: per-band mean over time, then max.
-
-    The mean carries a band's background level, the max its loudest call. Compared on the
-    held-out windows with mean+std, mean+std+max and window-centred mean+std at three L2
-    values: mean+max had the best top-1 accuracy and ROC AUC, centred mean+std a higher
-    macro AP; with one held-out window per frog species that is close to a tie, and
-    mean+max is two reductions in the graph (table in exporter/artefacts/README.md).
-    The ONNX head (exporter/linear_head.py) pools the same way, in float64, from the same
-    float32 mel; change both together.
-    """
-    mel = np.asarray(mel, dtype=np.float64)
-    return np.concatenate([mel.mean(axis=2), mel.max(axis=2)], axis=1)
-
-
-@dataclass
-class TinyHead:
-    """The trained head and everything a bundle needs to say about it."""
-
-    labels: list[dict[str, str]]
-    """Manifest label entries, in taxonomy order (the order of the weight columns)."""
-    front_end: dict[str, Any]
-    window_samples: int
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
-    """[features, labels]"""
-    bias: np.ndarray
-    thresholds: np.ndarray
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label_ids(self) -> list[str]:
-        return [label["primary_label"] for label in self.labels]
-
-    def logits(self, embedding: np.ndarray) -> np.ndarray:
-        return ((embedding - self.mean) / self.scale) @ self.weights + self.bias
-
-    def scores(self, mel: np.ndarray) -> np.ndarray:
-        """Probabilities [n, labels] from a float32 log-mel batch (the numpy reference model)."""
-        return sigmoid(self.logits(pool_features(mel)))
-
-    def save(self, path: Path) -> Path:
-        """Write a deterministic .npz (fixed zip timestamps: same head, same bytes)."""
-        arrays = {
-            "mean": self.mean, "scale": self.scale, "weights": self.weights, "bias": self.bias,
-            "thresholds": self.thresholds, "window_samples": np.array(self.window_samples, np.int64),
-        }
-        texts = {"labels": self.labels, "front_end": self.front_end, "metrics": self.metrics, "training": self.training}
-        return save_artefact(path, arrays, texts)
-
-    @classmethod
-    def load(cls, path: Path) -> "TinyHead":
-        with np.load(path, allow_pickle=False) as data:
-            text = {k: json.loads(str(data[k])) for k in ("labels", "front_end", "metrics", "training")}
-            return cls(
-                labels=text["labels"], front_end=text["front_end"], window_samples=int(data["window_samples"]),
-                mean=data["mean"], scale=data["scale"], weights=data["weights"], bias=data["bias"],
-                thresholds=data["thresholds"], metrics=text["metrics"], training=text["training"],
-            )
-
-
-POOLING = "mean,max"
-"""Names the pooling in the artefact, so the exporter refuses a head pooled differently."""
 THRESHOLD_RANGE = (0.1, 0.9)
 """Chosen thresholds are clipped here: a handful of held-out windows cannot justify a
 threshold that would fire on almost anything, or on almost nothing."""

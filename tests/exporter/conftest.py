@@ -8,7 +8,7 @@ from exporter.demo_bundle import ARTEFACT, example_recordings
 from exporter.frontend import LogMelParams
 from exporter.linear_head import build_linear_head_model
 from exporter.signing import generate_keypair
-from trainer.tiny_head import TinyHead
+from exporter.head_artefacts import TinyHead
 
 
 @pytest.fixture(scope="session")

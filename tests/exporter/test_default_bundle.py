@@ -31,7 +31,7 @@ from exporter.fusion import build_fusion_model, source_order
 from exporter.birdnet.labels import species_indices
 from trainer.birdnet_families import FAMILY_GENERA, window_species_scores
 from trainer.embeddings import birdnet_session, device_embedding
-from trainer.embedding_head import EmbeddingHead
+from exporter.head_artefacts import EmbeddingHead
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from exporter.default_bundle import ARTEFACT, family_indices, site_mapping
 from exporter.fusion import (
     EMBEDDING_INPUT, OUTPUT, SCORES_INPUT, build_fusion_model, combined_columns, fusion_reference, source_order,
 )
-from trainer.birdnet_families import odds_factor, shift
-from trainer.embedding_head import EmbeddingHead
+from exporter.head_artefacts import shift
+from trainer.birdnet_families import odds_factor
+from exporter.head_artefacts import EmbeddingHead
 from trainer.embeddings import birdnet_session, device_embedding
 
 

@@ -32,7 +32,8 @@ from exporter.birdnet.convert import find_birdnet_file, sha256_file
 from exporter.default_bundle import ARTEFACT
 from exporter.manifest_builder import labels_from_taxonomy
 from trainer.augment import plan_clean, plan_mixes
-from trainer.birdnet_families import FAMILY_GENERA, embed_and_score, shift
+from exporter.head_artefacts import shift
+from trainer.birdnet_families import FAMILY_GENERA, embed_and_score
 from trainer.embeddings import EmbeddingCache, birdnet_session, embed_plans
 from trainer.heldout import HELD_OUT_TEST, split_held_out
 from trainer.labelled import (

@@ -37,7 +37,7 @@ import pytest
 from device.bundle.manifest import read_manifest
 from device.home import ExplorerHome
 from exporter.default_bundle import ARTEFACT, NAME, build_default_bundle
-from trainer.embedding_head import EmbeddingHead
+from exporter.head_artefacts import EmbeddingHead
 from trainer.labelled import NOT_SAFE_NEGATIVES
 from tests.helpers import run_explorer
 

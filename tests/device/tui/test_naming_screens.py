@@ -117,7 +117,7 @@ def install_demo_with_training(home, training: dict) -> Path:
     from exporter.demo_bundle import ARTEFACT, NAME, ONNX_FILE, demo_manifest, development_key, example_recordings, head_check
     from exporter.frontend import LogMelParams
     from exporter.linear_head import build_linear_head_model
-    from trainer.tiny_head import POOLING, TinyHead
+    from exporter.head_artefacts import POOLING, TinyHead
 
     head = TinyHead.load(ARTEFACT)
     digest = hashlib.sha256(ARTEFACT.read_bytes()).hexdigest()
