@@ -4,7 +4,7 @@ The head names the frogs, the three family-level insect labels and two mammals; 
 non-species outputs (Human vocal, Dog, Engine, ...) ride along as the branch's context output.
 Gryllidae and Tettigoniidae have a second source: BirdNET's family maximum over its own
 *Gryllus* and katydid species, two further columns of the branch's scores, combined with the
-head's score in the fusion graph by the rule the artefact records (trainer/birdnet_families.py).
+head's score in the fusion graph by the rule the artefact records (fitted by trainer/birdnet_families.py).
 
 Built on the operator's machine (or a fresh clone) in seconds, with no shared data:
 

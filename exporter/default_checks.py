@@ -1,7 +1,7 @@
 """The default bundle's branch check (exporter/default_bundle.py): the sliced BirdNET against the
 original .tflite through LiteRT and against the .tflite's own classifier weights, on every
 column of its outputs (site birds, family maxima, context classes), and the fusion graph
-against the trainer's numpy head and combination rule, fed what the engine feeds it.
+against the artefact's numpy head and combination rule (exporter/head_artefacts.py), fed what the engine feeds it.
 
 A check that fails raises through `exporter.bundle_writer.write_bundle`, which then writes nothing.
 """

@@ -9,7 +9,7 @@ graph returns one probability per manifest label, in manifest order:
   Tinamou: BirdNET learnt it from many recordings, the head would have one 8 s clip);
 - a label only the head knows (frogs) takes the head's calibrated probability:
   sigmoid(a * (((embedding - mean) / scale) @ W + b) + c), computed in float64 exactly as
-  `trainer.embedding_head.EmbeddingHead.scores` does, so the two agree to float32 rounding.
+  `exporter.head_artefacts.EmbeddingHead.scores` does, so the two agree to float32 rounding.
 
 - a label both score is refused unless it is named in `combined` (label -> odds factor k):
   then, and only then, the graph takes the larger of the head's calibrated probability and
