@@ -63,3 +63,26 @@ def test_as_a_zip_it_unpacks_to_the_same_list_and_a_used_folder_is_refused(fille
     assert len(read_labelled_list(tmp_path / "unpacked" / LIST_FILE)) == summary.rows
     with pytest.raises(FileExistsError, match="not empty"):
         write_labelled([], tmp_path / "unpacked")
+
+
+def test_explorer_train_caches_the_judged_clips_for_training(filled, tmp_path):
+    """The loop from the trail back to training: the server's export goes straight into the
+    trainer's decode-once cache, each clip as its own example with its verdict's label."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+    from trainer.audio_cache import AudioCache
+    from trainer.labelled import read_examples
+
+    out = tmp_path / "labelled"
+    export(filled.server, "labelled", DetectionFilter(), out)
+    done = subprocess.run([sys.executable, "-m", "trainer.cli", "cache", "--list", str(out / LIST_FILE),
+                           "--out", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "3 clips, 3 decoded, 0 already cached, 0 skipped" in done.stdout
+    examples = read_examples(out / LIST_FILE)
+    assert sorted(e.primary or "" for e in examples) == ["", "21211", "littin1"]  # the rejection: a negative
+    cache = AudioCache(tmp_path / "cache")
+    for example in examples:
+        assert len(cache.samples(example.clip_id)) == round(sf.info(str(example.path)).duration * 32_000)
