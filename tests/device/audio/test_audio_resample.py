@@ -72,3 +72,20 @@ def test_a_tail_resampled_alone_is_the_whole_windows_tail_bit_for_bit(shared_dat
     whole = resample(window, rate, 48_000)
     for start in (1, 4_799, 96_000, 96_001, len(whole) - 1):
         np.testing.assert_array_equal(resample_tail(window, rate, 48_000, start), whole[start:])
+
+
+@pytest.mark.parametrize("recording", ["audio/elsilencio_soundscape/H02_20230420_074000.ogg",  # 32 kHz
+                                       "audio/colombian_frogs/Boana_pugnax.wav",  # 44.1 kHz
+                                       "audio/insects/Rthoptera_coryphoda_albidicollis.flac"])  # 96 kHz
+def test_the_filter_designed_once_gives_resample_polys_own_samples_bit_for_bit(shared_data, recording):
+    from scipy.signal import resample_poly
+
+    audio, rate = sf.read(shared_data / recording, dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1).astype(np.float32)[: 5 * rate]
+    for to_hz in (48_000, 32_000):
+        if to_hz == rate:
+            continue
+        up, down = ratio(rate, to_hz)
+        for samples in (mono, mono.astype(np.float64)):
+            want = resample_poly(samples, up, down).astype(np.float32)  # scipy designing its filter itself
+            np.testing.assert_array_equal(resample(samples, rate, to_hz), want)
