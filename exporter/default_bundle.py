@@ -69,6 +69,23 @@ BIRDNET_SUPPORT = {
 """The training support of BirdNET's own classes: the model card gives no per-class counts."""
 
 
+RECIPE = (
+    *sorted((Path(__file__).resolve().parent / "birdnet").glob("*.py")),
+    Path(__file__).resolve().parent / "fusion.py",
+)
+"""The code that turns the artefact and BirdNET's .tflite into the bundle's graphs: the conversion,
+its peepholes, the slicing and the fusion. Part of the version, so a bundle built by an older
+recipe (an older, slower graph of the same scores, say) is never reused for this one."""
+
+
+def recipe_digest(files=RECIPE) -> str:
+    """sha256 over the recipe's source files, by name and content, in a fixed order."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 class LiteRtMissing(RuntimeError):
     """ai-edge-litert is not installed, so the converted BirdNET cannot be compared with the original."""
 
@@ -201,8 +218,9 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
                          recordings: list[Path] | None = None, litert_parity: bool = True) -> Path:
     """Build, check, sign, install and activate `elsilencio-default` in `home`; returns its directory.
 
-    Idempotent: the version carries the hash of the head artefact, of BirdNET's .tflite and of
-    the checks run, so an unchanged build reuses the installed bundle (after verifying it).
+    Idempotent: the version carries the hash of the head artefact, of BirdNET's .tflite, of the
+    checks run and of the recipe's code (`RECIPE`), so an unchanged build reuses the installed
+    bundle (after verifying it) and a changed one never does.
 
     Raises:
         LiteRtMissing: `litert_parity` and ai-edge-litert is not installed (nothing built).
@@ -225,7 +243,8 @@ def build_default_bundle(home: ExplorerHome, progress: Callable[[str], None] = p
     # So are the context outputs kept: a bundle built before them is not reused as one with them.
     outputs = (CONTEXT_NAME + ":" + ",".join(CONTEXT_CLASSES) + ";families:"
                + ",".join(f"{label}={'+'.join(row['species'])}" for label, row in head.birdnet_families.items())).encode()
-    digest = hashlib.sha256(artefact.read_bytes() + sha256_file(tflite).encode() + checks.encode() + outputs).hexdigest()
+    digest = hashlib.sha256(artefact.read_bytes() + sha256_file(tflite).encode() + checks.encode() + outputs
+                            + recipe_digest().encode()).hexdigest()
     version = f"{BASE_VERSION}+{digest[:8]}"
     target = home.bundles / f"{NAME}-{version}"
     private = development_key(home)

@@ -138,6 +138,19 @@ def test_rebuilding_reuses_the_installed_bundle(built):
     assert (path / "manifest.json").read_bytes() == before and "already installed" in lines[-1]
 
 
+def test_the_recipes_code_is_part_of_the_version(tmp_path):
+    from exporter.default_bundle import RECIPE, recipe_digest
+
+    assert any(p.name == "spectrogram_tail.py" for p in RECIPE) and any(p.name == "fusion.py" for p in RECIPE)
+    copies = []
+    for path in RECIPE:
+        copies.append(tmp_path / path.name)
+        copies[-1].write_bytes(path.read_bytes())
+    assert recipe_digest(copies) == recipe_digest()
+    copies[0].write_bytes(copies[0].read_bytes() + b"# a changed conversion\n")
+    assert recipe_digest(copies) != recipe_digest()
+
+
 def test_training_and_the_device_compute_the_same_embedding_and_scores(built, head, shared_data, tmp_path):
     """The head was trained on `device_embedding`; the engine must feed the fusion the same vector
     (and the same BirdNET family scores, `trainer.birdnet_families.window_species_scores`)."""
