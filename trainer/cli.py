@@ -1,8 +1,9 @@
 """`explorer-train`: the trainer's own entry point (the trainer role installs the `train` extra;
 the device never does).
 
-Today it decodes training audio once (`cache`) and scores submissions (`evaluate`); the training
-commands of the design (fit, retrain, tune) join it as they land.
+`cache` decodes training audio once, `evaluate` scores submissions; the training commands
+(`fit`, `retrain`, `tune`, `onnx`) live in trainer/train_cmds.py. Each command imports its heavy
+modules (torch, mlflow, ray) only when it runs, so `--help` is quick.
 """
 
 from __future__ import annotations
@@ -148,6 +149,17 @@ def evaluate(predictions, truth, thresholds, taxonomy, absent_as_zero, report_di
         for path in write_report(report_dir, result, scored.scores, scored.targets, scored.labels,
                                  title=f"Evaluation of {predictions.name} against {truth.name}"):
             click.echo(f"wrote {path}", err=True)
+
+
+def _training_commands() -> None:
+    """fit and retrain (trainer/train_cmds.py), tune and onnx join the group here."""
+    from trainer import train_cmds
+
+    for command in train_cmds.COMMANDS:
+        cli.add_command(command)
+
+
+_training_commands()
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ Schema version 1 (JSON):
                               front_end {kind, in_graph: true, ...parameters}},
                        outputs {scores {name, labels[], activation},
                                 embedding {name, dim} | null, mel {name, bands} | null,
-                                context {name, labels[], activation} (optional)}}]
+                                context {name, labels[], activation} (optional)},
+                       cost {ms_1_thread, ms_2_threads, macs | null} (optional)}]
     fusion           {kind: "rule", rule: "max"|"mean", required_branches[]}
                      | {kind: "onnx", file, sha256, inputs [{branch, output}], output,
                         required_branches[]}: a graph whose inputs are branch outputs
@@ -44,6 +45,11 @@ with fewer than `device.bundle.labels.FEW_TRAINING_RECORDINGS` recordings.
 scored on every window and kept per detection as scores, never labels, never shown as species
 (the privacy filter reads Human vocal). Their labels are free names (`CONTEXT_LABEL`), not
 manifest labels; they are max-pooled over crops like scores.
+
+`branches[].cost` is what one analysis window costs the branch, measured by the exporter on
+its machine (median ms per window on one and on two onnxruntime threads, and the multiply-adds
+of its Conv/MatMul/Gemm nodes, null when unknown), so a device can pick the subset of branches
+that fits its real-time budget. Optional: bundles from before it stay valid.
 
 `input.min_sample_rate_hz` is the lowest rate a RECORDING may have for this branch to hear it
 (the device resamples every source to `sample_rate_hz`, but resampling adds no frequencies):
@@ -112,6 +118,15 @@ class BranchInput:
 
 
 @dataclass(frozen=True)
+class BranchCost:
+    """A branch's measured cost per analysis window (`branches[].cost`)."""
+
+    ms_1_thread: float
+    ms_2_threads: float
+    macs: int | None = None
+
+
+@dataclass(frozen=True)
 class Branch:
     name: str
     file: str
@@ -129,6 +144,8 @@ class Branch:
     """The graph output of the branch's context scores (`outputs.context`), or None."""
     context_labels: tuple[str, ...] = ()
     context_activation: str = "sigmoid"
+    cost: BranchCost | None = None
+    """The exporter's measured cost (`branches[].cost`), or None for a bundle without one."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +250,29 @@ def _parse_context(raw: Any, where: str) -> tuple[str | None, tuple[str, ...], s
     return _need(raw, "name", str, where), tuple(labels), _activation(raw, where)
 
 
+_COST_KEYS = ("ms_1_thread", "ms_2_threads", "macs")
+
+
+def _parse_cost(raw: Any, where: str) -> BranchCost | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: expected an object {{ms_1_thread, ms_2_threads, macs}}")
+    unknown = sorted(set(raw) - set(_COST_KEYS))
+    if unknown:
+        raise BundleError(f"{where}: unknown keys {unknown} (known: {list(_COST_KEYS)})")
+    times = []
+    for key in ("ms_1_thread", "ms_2_threads"):
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise BundleError(f"{where}.{key}: {value!r} is not a positive number of milliseconds")
+        times.append(float(value))
+    macs = raw.get("macs")
+    if macs is not None and (isinstance(macs, bool) or not isinstance(macs, int) or macs < 0):
+        raise BundleError(f"{where}.macs: {macs!r} is not a non-negative integer or null")
+    return BranchCost(ms_1_thread=times[0], ms_2_threads=times[1], macs=macs)
+
+
 def _parse_front_end(raw: Any, where: str) -> FrontEnd | None:
     if raw is None:
         return None
@@ -310,6 +350,7 @@ def _parse_branch(raw: Any, index: int, label_ids: set[str]) -> Branch:
         context_output=context_output,
         context_labels=context_labels,
         context_activation=context_activation,
+        cost=_parse_cost(raw.get("cost"), f"{where}.cost"),
     )
 
 
