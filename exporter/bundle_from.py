@@ -11,8 +11,10 @@ Fusion: the max over branches per label (a label's probability is the most confi
 thresholds per label are the highest any head tuned for it, since the max can only raise a
 score). With `with_default`, the default bundle's BirdNET branch and its ONNX fusion (BirdNET's
 birds plus the embedding head's frogs) join: a new fusion graph runs the default fusion inside
-it and takes the max with the heads' scores. A trained `meta_mlp` fusion graph is not built here
-yet (see the report).
+it and takes the max with the heads' scores. With `fusion_dir`, a trained `meta_mlp`
+("explorer-meta-onnx/1", exporter/meta_fusion.py) is the fusion instead: proven against torch
+first, its absent branches fixed off, and the default model one of its inputs when it was
+trained with it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from exporter.frontend import make_model
 from exporter.head_branch import HeadArtefact, branch_parity, compose_branch, load_artefact, run_outputs, session, top1_agreement
 from exporter.head_quantize import MIN_TOP1_AGREEMENT, QuantReport, fp32_cost, measure_branch, write_report
 from exporter.manifest_builder import branch_entry, build_manifest, labels_from_taxonomy
+from exporter.meta_fusion import DefaultSource, build_meta_fusion, fusion_parity, load_meta, meta_parity, meta_thresholds
 
 FUSION_FILE = "fusion_heads.onnx"
+META_FUSION_FILE = "fusion_meta.onnx"
 LICENSE = "CC BY-NC-SA 4.0"
 ATTRIBUTION = ("Heads trained by explorer-train on BirdCLEF 2025 data (CC BY-NC-SA 4.0 / Kaggle BirdCLEF 2025 "
                "terms) and the El Silencio shared recordings; see provenance.heads for each head's data and run.")
@@ -121,7 +125,7 @@ def combined_fusion(default_fusion: onnx.ModelProto, default_labels: Sequence[st
 def build_bundle_from(
     artefact_dirs: Sequence[Path], out_dir: Path, private_key: Path, *, taxonomy: Path, name: str = "explorer-heads",
     version: str = "1.0.0", int8: bool = True, with_default: Path | None = None, trusted: Path | None = None,
-    report_dir: Path | None = None, progress: Callable[[str], None] = print,
+    report_dir: Path | None = None, progress: Callable[[str], None] = print, fusion_dir: Path | None = None,
 ) -> VerifiedBundle:
     """Compose, prove, quantize by measurement, sign and verify a bundle of trained heads.
 
@@ -133,6 +137,8 @@ def build_bundle_from(
         with_default: a default bundle directory whose BirdNET branch and fusion join (verified
             against the trust list `trusted` first).
         report_dir: where quantization.json/.md go (default: beside `out_dir`).
+        fusion_dir: an "explorer-meta-onnx/1" folder (or a fit-meta run folder): the bundle is
+            fused by that meta_mlp over the branches it has (exporter/meta_fusion.py).
 
     Raises:
         ParityError: a composed branch disagrees with torch (nothing written).
@@ -143,6 +149,12 @@ def build_bundle_from(
     if not artefacts:
         raise ValueError("no head artefacts given")
     names = _branch_names(artefacts)
+    meta = load_meta(Path(fusion_dir)) if fusion_dir is not None else None
+    if meta is not None:
+        parity = meta_parity(meta)
+        if not parity.passed:
+            raise ParityError([parity])
+        progress("  " + parity.describe())
     reports: list[QuantReport] = []
     branches, files, checks, head_info = [], {}, [], {}
     with tempfile.TemporaryDirectory(prefix="bundle-from-") as tmp:
@@ -187,12 +199,17 @@ def build_bundle_from(
             order = {row: i for i, row in enumerate(_taxonomy_order(taxonomy))}
             labels = sorted([*raw["labels"], *extra], key=lambda e: order.get(e["primary_label"], len(order)))
             manifest_ids = [e["primary_label"] for e in labels]
-            graph = combined_fusion(onnx.load(str(default_files[raw["fusion"]["file"]])), default_labels,
-                                    [(b["name"], b["outputs"]["scores"]["labels"]) for b in branches], manifest_ids)
+            heads = [(b["name"], b["outputs"]["scores"]["labels"]) for b in branches]
+            default_model = onnx.load(str(default_files[raw["fusion"]["file"]]))
+            if meta is None:
+                graph = combined_fusion(default_model, default_labels, heads, manifest_ids)
+            else:
+                source = DefaultSource(default_model, default_labels, raw["fusion"]["inputs"][0]["branch"])
+                graph, present = build_meta_fusion(meta, heads, manifest_ids, source)
             files.update({n: p for n, p in default_files.items() if n != raw["fusion"]["file"]})
-            files[FUSION_FILE] = graph.SerializeToString()
+            files[FUSION_FILE if meta is None else META_FUSION_FILE] = graph.SerializeToString()
             branches = [*raw["branches"], *branches]
-            fusion = {"kind": "onnx", "file": FUSION_FILE, "sha256": None,
+            fusion = {"kind": "onnx", "file": FUSION_FILE if meta is None else META_FUSION_FILE, "sha256": None,
                       "inputs": [*raw["fusion"]["inputs"], *({"branch": n, "output": "scores"} for n in names)],
                       "output": "scores", "required_branches": [b["name"] for b in branches]}
             default_threshold = raw["thresholds"]["default"]
@@ -201,14 +218,34 @@ def build_bundle_from(
             for label in label_ids:
                 thresholds.setdefault(label, DEFAULT_THRESHOLD)
             checks += [BranchCheck(b["name"], _default_check(b["name"], raw)) for b in raw["branches"]]
+        elif meta is not None:
+            labels = labels_from_taxonomy(taxonomy, label_ids)
+            manifest_ids = [e["primary_label"] for e in labels]
+            heads = [(b["name"], b["outputs"]["scores"]["labels"]) for b in branches]
+            graph, present = build_meta_fusion(meta, heads, manifest_ids)
+            parity = fusion_parity(graph, meta, heads, manifest_ids)
+            if not parity.passed:
+                raise ParityError([parity])
+            progress("  " + parity.describe())
+            files[META_FUSION_FILE] = graph.SerializeToString()
+            fusion = {"kind": "onnx", "file": META_FUSION_FILE, "sha256": None, "output": "scores",
+                      "inputs": [{"branch": n, "output": "scores"} for n in names], "required_branches": list(names)}
+        fused_by = ("max over branches per label" if with_default is None else
+                    "the default bundle's fusion, then max with every head per label")
+        if meta is not None:
+            fused_by = meta_provenance(meta, present, with_default is not None)
+            default_ids = set(default_labels) if with_default is not None else set()
+            outside = with_default is not None and source.branch not in meta.branches
+            for label, value in meta_thresholds(meta, present).items():
+                # Where the default model stays outside the meta, the label's score is the max of both.
+                thresholds[label] = max(value, thresholds.get(label, 0.0)) if outside and label in default_ids else value
         manifest = build_manifest(
             name=name, version=version, labels=labels or labels_from_taxonomy(taxonomy, label_ids), branches=branches,
             license=LICENSE, attribution=ATTRIBUTION, default_threshold=default_threshold,
             per_label_thresholds=thresholds, fusion=fusion,
             provenance={"training_run": "explorer-train (see heads)", "heads": head_info,
                         "quantization": [r.as_dict() for r in reports],
-                        "fusion": "max over branches per label" if with_default is None else
-                                  "the default bundle's fusion, then max with every head per label"},
+                        "fusion": fused_by},
         )
         report_dir = Path(report_dir) if report_dir else out_dir.parent / f"{out_dir.name}-report"
         write_report(reports, report_dir)
@@ -237,3 +274,13 @@ def _default_check(branch: str, raw: dict[str, Any]) -> Callable[[Path], list[Pa
 def _taxonomy_order(taxonomy: Path) -> list[str]:
     with open(taxonomy, newline="", encoding="utf-8") as handle:
         return [row["primary_label"] for row in csv.DictReader(handle)]
+
+
+def meta_provenance(meta, present: list[str], with_default: bool) -> dict[str, Any]:
+    """What the manifest says of a meta_mlp fusion: its source, the subset and its held-out calibration."""
+    row = meta.calibration(present) or {}
+    return {"kind": "meta_mlp", "branches": meta.branches, "present": present,
+            "absent": [b for b in meta.branches if b not in present], "labels": len(meta.labels),
+            "provenance": meta.info.get("provenance"), "with_default": with_default,
+            "held_out_calibration": {k: row.get(k) for k in ("ece", "brier", "bce", "birdclef", "rows")},
+            "labels_outside_the_meta": "the max of the sources' own scores"}

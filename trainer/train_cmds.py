@@ -18,35 +18,24 @@ DATA_DIR = Path("~/.local/share/elsilencio-explorer/training").expanduser()
 """Where MLflow's SQLite store and artifacts live by default (beside the device's data home)."""
 
 
-def _examples(birdclef_root: Path | None, lists: tuple[Path, ...], shared: Path | None):
-    """Every example the options name, and the soundscapes (backgrounds, pseudo-labelling)."""
-    from trainer.birdclef import load_birdclef, soundscape_examples
-    from trainer.labelled import examples_from_recordings, read_examples
+def _source(birdclef_root: Path | None, lists: tuple[Path, ...], shared: Path | None, cache_dir: Path):
+    """The options' data as a `trainer.jobs.DataSource` (JSON-able: a Ray trial or job rebuilds it)."""
+    from trainer.jobs import DataSource
 
-    examples, soundscapes = [], []
-    if birdclef_root:
-        data = load_birdclef(birdclef_root)
-        click.echo(data.summary(), err=True)
-        examples += data.examples
-        soundscapes += soundscape_examples(data)
-    for path in lists:
-        examples += read_examples(path)
-    if shared:
-        found = examples_from_recordings(shared)
-        examples += [e for e in found if not e.background]
-        soundscapes += [e for e in found if e.background]
-    if not examples:
+    if not birdclef_root and not lists and not shared:
         raise click.UsageError("no training examples: give --birdclef FOLDER, --list CSV or --shared-data DIR")
-    return examples, soundscapes
+    return DataSource(cache=str(cache_dir), birdclef=str(birdclef_root) if birdclef_root else None,
+                      lists=[str(p) for p in lists], shared=str(shared) if shared else None)
 
 
-def _cache(root: Path, examples):
-    from trainer.audio_cache import AudioCache, build_cache, items_from_examples
+def _load(source):
+    """(examples, soundscapes, labels, cache): the cache built or completed first, skips listed."""
+    from trainer.audio_cache import AudioCache
 
-    report = build_cache(root, items_from_examples(examples), bar=True)
-    for skipped in report.skipped:
+    source.prepare(progress=True)
+    for skipped in AudioCache(Path(source.cache)).skipped:
         click.echo(f"skipped {skipped.clip_id}: {skipped.reason}", err=True)
-    return AudioCache(root)
+    return source.load()
 
 
 def _settings(pairs: tuple[str, ...]) -> dict:
@@ -132,9 +121,14 @@ HEAD_HELP = "raw_cnn, panns_mlp, effnet_b3_lora, resnet50 (meta_mlp trains on th
               help="Register the best checkpoint under this model name, if it passes the gate.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="The gate: the lowest validation BirdCLEF metric a registered model may have.")
+@click.option("--pseudo-rounds", type=int, default=0, show_default=True,
+              help="Noisy-student rounds on the unlabelled soundscapes after the supervised fit (trainer/pseudo.py).")
+@click.option("--ray-address", default=None,
+              help="Submit the fit as a job to this Ray cluster (http://head:8265): prints the job id at once; "
+                   "`explorer-train job-status` polls it.")
 def fit(birdclef_root, lists, shared, cache_dir, head, out, epochs, batch_size, lr, weight_decay, loss, precision,
         device, workers, patience, steps_per_epoch, seed, head_set, no_track, tracking_uri, data_dir, register_name,
-        threshold):
+        threshold, pseudo_rounds, ray_address):
     """Train one head on cached audio, tracked in MLflow; register it if it clears the gate.
 
     \b
@@ -148,29 +142,51 @@ def fit(birdclef_root, lists, shared, cache_dir, head, out, epochs, batch_size, 
           --epochs 2 --batch-size 8 --steps-per-epoch 20 --device cpu --out /tmp/run
     """
     from trainer.fit import FitConfig
-    from trainer.retrain import tracked_fit
 
-    examples, soundscapes = _examples(birdclef_root, lists, shared)
-    cache = _cache(cache_dir, examples + soundscapes)
     config = FitConfig(head=head, head_config=_settings(head_set), epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, loss=loss, precision=precision, device=device, workers=workers,
                        patience=patience, steps_per_epoch=steps_per_epoch, seed=seed, report=True)
-    examples = [e for e in examples if e.clip_id in cache]
-    backgrounds = [e for e in soundscapes if e.clip_id in cache]
+    source = _source(birdclef_root, lists, shared, cache_dir)
+    tracking = _tracking(no_track, tracking_uri, data_dir)
+    if ray_address:
+        _submit(ray_address, config, source, out, tracking_uri, None if no_track else data_dir)
+        return
     try:
-        tracking = _tracking(no_track, tracking_uri, data_dir)
+        examples, soundscapes, labels, cache = _load(source)
+        taxa = _taxa(birdclef_root)
+        if pseudo_rounds:
+            from trainer.pseudo import noisy_student
+
+            student = noisy_student(config, examples, cache, soundscapes, pseudo_rounds, out, labels=labels,
+                                    backgrounds=soundscapes, progress=True)
+            click.echo(student.table())
+            return
         if tracking is None:
             from trainer.fit import fit as run_fit
 
-            result, gate = run_fit(config, examples, cache, out, backgrounds=backgrounds,
-                                   taxon_of=_taxa(birdclef_root)), None
+            result, gate = run_fit(config, examples, cache, out, labels=labels, backgrounds=soundscapes,
+                                   taxon_of=taxa), None
         else:
+            from trainer.retrain import tracked_fit
+
             result, gate = tracked_fit(config, examples, cache, out, tracking=tracking, register=register_name,
-                                       threshold=threshold, backgrounds=backgrounds, taxon_of=_taxa(birdclef_root))
+                                       threshold=threshold, labels=labels, backgrounds=soundscapes, taxon_of=taxa)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         click.echo(f"explorer-train fit: {exc}", err=True)
         sys.exit(2)
     _print_result(result, gate)
+
+
+def _submit(address: str, config, source, out: Path, tracking_uri: str | None, data_dir: Path | None) -> None:
+    from dataclasses import asdict
+
+    from trainer.jobs import FitJob, submit
+
+    job = FitJob(config=asdict(config), data=source, out_dir=str(out), tracking_uri=tracking_uri,
+                 tracking_dir=str(data_dir) if data_dir else None)
+    job_id = submit(address, job)
+    click.echo(f"submitted {job_id} to {address}")
+    click.echo(f"poll it: explorer-train job-status --ray-address {address} {job_id}")
 
 
 @click.command()
@@ -195,14 +211,11 @@ def retrain(source, epochs, lists, cache_dir, out, lr, tracking_uri, data_dir, t
       explorer-train retrain --from models:/panns@production --epochs 3 \\
           --data confirmed/labelled.csv --cache ~/cache/confirmed --out runs/panns-2026-12
     """
-    from trainer.labelled import read_examples
     from trainer.retrain import retrain as run_retrain
 
-    examples = [e for path in lists for e in read_examples(path)]
-    cache = _cache(cache_dir, examples)
     try:
-        result, gate = run_retrain(source, epochs=epochs, examples=[e for e in examples if e.clip_id in cache],
-                                   cache=cache, out_dir=out, tracking=tracking_uri or data_dir, threshold=threshold,
+        examples, _, _, cache = _load(_source(None, lists, None, cache_dir))
+        result, gate = run_retrain(source, epochs=epochs, examples=examples, cache=cache, out_dir=out, tracking=tracking_uri or data_dir, threshold=threshold,
                                    fit_config_overrides={"lr": lr} if lr else None)
     except (ValueError, KeyError, LookupError, FileNotFoundError) as exc:
         click.echo(f"explorer-train retrain: {exc}", err=True)
@@ -246,4 +259,69 @@ def onnx(source, out, audio, windows, tracking_uri, data_dir):
     click.echo(f"wrote {path}")
 
 
-COMMANDS = [fit, retrain, onnx]
+
+
+@click.command(name="job-status")
+@click.argument("job_id")
+@click.option("--ray-address", required=True, help="The Ray cluster the job was submitted to.")
+def job_status(job_id, ray_address):
+    """The state of a fit submitted with `fit --ray-address`, and its MLflow run id once it has one.
+
+    \b
+    Example:
+      explorer-train job-status --ray-address http://head:8265 raysubmit_XYZ
+    """
+    from trainer.jobs import status
+
+    state, run_id = status(ray_address, job_id)
+    click.echo(f"{job_id}: {state}" + (f", MLflow run {run_id}" if run_id else ""))
+
+
+@click.command()
+@with_data
+@click.option("--head", required=True, help=HEAD_HELP)
+@click.option("--space", required=True,
+              help='The search space as JSON: {"lr": {"loguniform": [1e-4, 3e-3]}, "loss": {"choice": ["bce", "focal"]}, '
+                   '"head.dropout": {"uniform": [0.1, 0.4]}} (head.<knob> sets a head setting).')
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Trial folders, Ray's state, best_config.json and trials.txt.")
+@click.option("--samples", type=int, default=8, show_default=True, help="Trials drawn from the space.")
+@click.option("--max-epochs", type=int, default=10, show_default=True)
+@click.option("--grace-period", type=int, default=1, show_default=True, help="ASHA: epochs before a trial may be stopped.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--gpus-per-trial", type=float, default=0, show_default=True)
+@click.option("--cpus-per-trial", type=float, default=1, show_default=True)
+@click.option("--set", "head_set", multiple=True, metavar="KEY=VALUE", help="A head setting every trial shares.")
+@click.option("--ray-address", default=None, help="A running Ray cluster (default: a local instance).")
+@click.option("--tracking-uri", default=None)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=DATA_DIR, show_default=True)
+def tune(birdclef_root, lists, shared, cache_dir, head, space, out, samples, max_epochs, grace_period, batch_size,
+         device, gpus_per_trial, cpus_per_trial, head_set, ray_address, tracking_uri, data_dir):
+    """Hyper-parameter search with Ray Tune and ASHA; every trial is an MLflow run.
+
+    \b
+    Example: eight learning rates and losses for CNN14 + MLP, one GPU each
+      explorer-train tune --birdclef ~/birdclef-2025 --cache ~/cache/birdclef --head panns_mlp \\
+          --set cnn14_checkpoint=$HOME/Cnn14_mAP=0.431.pth --gpus-per-trial 1 --out runs/tune \\
+          --space '{"lr": {"loguniform": [1e-4, 3e-3]}, "loss": {"choice": ["bce", "focal"]}}'
+    The best configuration lands in OUT/best_config.json; train it with `explorer-train fit`.
+    """
+    from trainer.fit import FitConfig
+    from trainer.tune import parse_space
+    from trainer.tune import tune as run_tune
+
+    try:
+        parsed = parse_space(json.loads(space))
+    except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--space") from None
+    base = FitConfig(head=head, head_config=_settings(head_set), batch_size=batch_size, device=device,
+                     epochs=max_epochs)
+    result = run_tune(parsed, base, _source(birdclef_root, lists, shared, cache_dir), num_samples=samples,
+                      max_epochs=max_epochs, grace_period=grace_period, out_dir=out, ray_address=ray_address,
+                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, tracking_uri=tracking_uri,
+                      tracking_dir=data_dir)
+    click.echo(result.table())
+
+
+COMMANDS = [fit, retrain, tune, job_status, onnx]
