@@ -150,8 +150,8 @@ def build_bundle_from(
         raise ValueError("no head artefacts given")
     names = _branch_names(artefacts)
     meta = load_meta(Path(fusion_dir)) if fusion_dir is not None else None
-    if meta is not None:
-        parity = meta_parity(meta)
+    fusion_results = [meta_parity(meta)] if meta is not None else []
+    for parity in fusion_results:
         if not parity.passed:
             raise ParityError([parity])
         progress("  " + parity.describe())
@@ -223,10 +223,10 @@ def build_bundle_from(
             manifest_ids = [e["primary_label"] for e in labels]
             heads = [(b["name"], b["outputs"]["scores"]["labels"]) for b in branches]
             graph, present = build_meta_fusion(meta, heads, manifest_ids)
-            parity = fusion_parity(graph, meta, heads, manifest_ids)
-            if not parity.passed:
-                raise ParityError([parity])
-            progress("  " + parity.describe())
+            fusion_results.append(fusion_parity(graph, meta, heads, manifest_ids))
+            if not fusion_results[-1].passed:
+                raise ParityError(fusion_results[-1:])
+            progress("  " + fusion_results[-1].describe())
             files[META_FUSION_FILE] = graph.SerializeToString()
             fusion = {"kind": "onnx", "file": META_FUSION_FILE, "sha256": None, "output": "scores",
                       "inputs": [{"branch": n, "output": "scores"} for n in names], "required_branches": list(names)}
@@ -245,7 +245,7 @@ def build_bundle_from(
             per_label_thresholds=thresholds, fusion=fusion,
             provenance={"training_run": "explorer-train (see heads)", "heads": head_info,
                         "quantization": [r.as_dict() for r in reports],
-                        "fusion": fused_by},
+                        "fusion": fused_by, "fusion_parity": [p.as_dict() for p in fusion_results]},
         )
         report_dir = Path(report_dir) if report_dir else out_dir.parent / f"{out_dir.name}-report"
         write_report(reports, report_dir)

@@ -178,6 +178,9 @@ def installed_default(home: ExplorerHome) -> Path:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The bundle directory to write (must not exist).")
 @click.option("--with-default", is_flag=True, help="Add this home's elsilencio-default BirdNET branch and embedding head.")
+@click.option("--fusion", "fusion_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A meta_mlp fusion (explorer-train fit-meta's fusion/ folder): the bundle is fused by it over the "
+                   "branches it has, instead of the max per label.")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The ed25519 signing key. Default: this home's development key (trusted by this home).")
 @click.option("--taxonomy", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -187,17 +190,20 @@ def installed_default(home: ExplorerHome) -> Path:
 @click.option("--no-int8", is_flag=True, help="Keep every branch fp32 without trying int8.")
 @click.option("--activate", is_flag=True, help="Make the bundle active (OUT must be under <home>/bundles).")
 @click.pass_context
-def bundle(ctx, sources, out, with_default, key, taxonomy, name, version, no_int8, activate) -> None:
+def bundle(ctx, sources, out, with_default, fusion_dir, key, taxonomy, name, version, no_int8, activate) -> None:
     """Build a signed bundle from trained heads, each proven against torch on real windows.
 
     Each head becomes a branch (the device's float64 log-mel front end, the head, a sigmoid),
     checked against the torch logits stored with it (relative error < 1e-4), offered static int8
     only where int8 keeps parity and is faster (the report lands in OUT-report/), and fused by
-    the max per label. Nothing is written when a check fails.
+    the max per label, or by a trained meta_mlp with --fusion (checked against torch too).
+    Nothing is written when a check fails.
 
     Example:
 
         explorer export bundle --from runs/raw_cnn/best.pt --out /tmp/heads
+
+        explorer export bundle --from runs/raw_cnn/best.pt --from runs/panns/best.pt --fusion runs/meta/fusion --out /tmp/fused
     """
     import tempfile
 
@@ -219,7 +225,7 @@ def bundle(ctx, sources, out, with_default, key, taxonomy, name, version, no_int
             artefacts = [_artefact_from(source, Path(tmp)) for source in sources]
             verified = build_bundle_from(artefacts, out, private, taxonomy=Path(taxonomy), name=name, version=version,
                                          int8=not no_int8, with_default=default, trusted=home.trusted_keys,
-                                         progress=lambda line: click.echo(line, err=True))
+                                         progress=lambda line: click.echo(line, err=True), fusion_dir=fusion_dir)
         if activate:
             home.set_active_bundle(verified.path)
     except (BundleError, ParityError, SigningError, ArtefactError, FileExistsError, ValueError, KeyError) as exc:

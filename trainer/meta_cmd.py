@@ -23,7 +23,7 @@ SCORES = "validation.npz"
 HELD_OUT = 0.3
 """The share of recording groups kept out of the fusion's training, to measure calibration on."""
 REFERENCE_ROWS = 32
-"""Held-out rows stored in the checkpoint for the ONNX parity reference (real scores, small)."""
+"""Rows (held-out first) stored in the checkpoint for the ONNX parity reference (real scores, small)."""
 
 
 @dataclass
@@ -144,13 +144,14 @@ def run_fit_meta(runs: dict[str, Path], out_dir: Path, *, epochs: int = 60, bran
     raw = raw_table(part(held), data.targets[held])
     full = next(r for r in table if len(r["branches"]) == len(data.scores))
     out_dir = Path(out_dir)
+    reference_rows = np.concatenate([held, train])[:REFERENCE_ROWS]  # parity needs real rows, not unseen ones
     config = {"epochs": epochs, "branch_dropout": branch_dropout, "seed": seed, "hidden": hidden, "lr": lr,
               "held_out": held_out, "rows": [len(train), len(held)]}
     checkpoint = save_checkpoint(
         out_dir / "best.pt", meta, head="meta_mlp", epoch=epochs, history=history, fit_config=config,
         thresholds=full["thresholds"], evaluation={k: full[k] for k in ("birdclef", "micro_ap", "ece", "brier", "bce")},
         calibration=table, raw_calibration=raw, branch_runs={b: str(p) for b, p in runs.items()},
-        reference_scores={b: s[held[:REFERENCE_ROWS]] for b, s in data.scores.items()}, stopped=True)
+        reference_scores={b: s[reference_rows] for b, s in data.scores.items()}, stopped=True)
     fusion = export_meta(checkpoint, out_dir / "fusion") if export else None
     return {"checkpoint": checkpoint, "fusion": fusion, "calibration": table, "raw": raw, "history": history,
             "rows": (len(train), len(held))}

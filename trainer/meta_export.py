@@ -11,7 +11,7 @@ as files:
 - `meta.json`: format, labels, branches, inputs, the meta's config, the calibration table per
   branch subset measured on held-out rows (ECE, Brier, BCE, BirdCLEF metric, thresholds tuned
   there), where it came from, and the ONNX-vs-torch difference measured here.
-- `reference.npz`: real held-out branch scores (`input/<branch>` `[N, C]`), the subsets
+- `reference.npz`: real validation scores of the branches (`input/<branch>` `[N, C]`), the subsets
   (`present` `[S, K]` float) and torch's output on each (`scores` `[S, N, C]`), so the exporter
   proves onnxruntime computes what torch computed without importing torch.
 """
@@ -110,7 +110,7 @@ def onnx_scores(path: Path, inputs: dict[str, np.ndarray], present: np.ndarray) 
 def export_meta(checkpoint: Path, out_dir: Path) -> Path:
     """Write the "explorer-meta-onnx/1" folder of a meta_mlp checkpoint (`explorer-train fit-meta`).
 
-    The reference inputs are the held-out branch scores the checkpoint carries
+    The reference inputs are the validation branch scores the checkpoint carries
     (`reference_scores`), so the parity check runs on real scores of real audio.
 
     Raises:
@@ -143,7 +143,7 @@ def export_meta(checkpoint: Path, out_dir: Path) -> Path:
                        "epoch": state.get("epoch"), "branch_runs": _jsonable(state.get("branch_runs") or {}),
                        "fit_config": _jsonable(state.get("fit_config"))},
         "reference": {"rows": int(len(next(iter(inputs.values())))), "subsets": int(len(present)),
-                      "what": "held-out validation scores of the branches; torch float32 meta",
+                      "what": "validation scores of the branches (held-out rows first); torch float32 meta",
                       "onnx_max_abs_diff": error},
     }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -324,4 +324,6 @@ def tune(birdclef_root, lists, shared, cache_dir, head, space, out, samples, max
     click.echo(result.table())
 
 
-COMMANDS = [fit, retrain, tune, job_status, onnx]
+from trainer.meta_cmd import fit_meta_command  # noqa: E402 (its module keeps torch behind the command too)
+
+COMMANDS = [fit, retrain, tune, job_status, onnx, fit_meta_command]
