@@ -324,6 +324,7 @@ def tune(birdclef_root, lists, shared, cache_dir, head, space, out, samples, max
     click.echo(result.table())
 
 
-from trainer.meta_cmd import fit_meta_command  # noqa: E402 (its module keeps torch behind the command too)
+from trainer.bundle_scores import score_bundle_command  # noqa: E402 (both modules keep torch behind their
+from trainer.meta_cmd import fit_meta_command  # noqa: E402  commands, like this one)
 
-COMMANDS = [fit, retrain, tune, job_status, onnx, fit_meta_command]
+COMMANDS = [fit, retrain, tune, job_status, onnx, fit_meta_command, score_bundle_command]

@@ -77,7 +77,7 @@ def test_a_bad_setting_and_missing_data_are_named(tmp_path):
     assert result.exit_code == 2 and "--space" in result.output
 
 
-@pytest.mark.parametrize("command", ["cache", "fit", "evaluate", "retrain", "tune", "job-status", "onnx", "fit-meta"])
+@pytest.mark.parametrize("command", ["cache", "fit", "evaluate", "retrain", "tune", "job-status", "onnx", "fit-meta", "score-bundle"])
 def test_every_command_has_an_example_in_its_help(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output, result.output
