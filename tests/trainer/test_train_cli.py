@@ -81,3 +81,40 @@ def test_a_bad_setting_and_missing_data_are_named(tmp_path):
 def test_every_command_has_an_example_in_its_help(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output, result.output
+
+
+def test_a_fit_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted_run(labelled_list, tmp_path):
+    """A real kill (SIGKILL, no chance to clean up) once the first epoch's last.pt is on disk; the
+    same command again finishes the run from it, and its weights equal a run never killed, bit
+    for bit."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    def command(out):
+        return [sys.executable, "-m", "trainer.cli", "fit", "--list", str(labelled_list), "--cache",
+                str(tmp_path / "cache"), "--head", "raw_cnn", *TINY, "--epochs", "3", "--batch-size", "4",
+                "--steps-per-epoch", "6", "--device", "cpu", "--workers", "0", "--precision", "fp32",
+                "--patience", "0", "--no-track", "--out", str(out)]
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    killed = subprocess.Popen(command(tmp_path / "killed"), cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 600
+    while not last.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # waits on the event (the first epoch's checkpoint), bounded
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    done_at_kill = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert done_at_kill < 3, "the kill came after the run had finished: nothing was resumed"
+    again = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert again.returncode == 0, again.stderr
+    a = torch.load(tmp_path / "whole" / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(last, map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
