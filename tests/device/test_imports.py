@@ -44,6 +44,9 @@ ARROWS = {
     # conversion, labels, the front end, the head artefact format), the exporter reads what the
     # trainer writes as files (exporter/head_artefacts.py) and never imports it.
     "exporter imports no trainer": ("exporter", ("trainer",), {}),
+    # The trained torch heads reach it the same way: ONNX artefacts with torch's own outputs
+    # (trainer/onnx_export.py), or `python -m trainer.cli onnx` in a process of its own.
+    "exporter imports no training stack": ("exporter", ("torch", "torchvision", "timm", "mlflow", "ray"), {}),
 }
 
 
