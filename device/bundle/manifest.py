@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.bundle.fields import BundleError, _need
+from device.bundle.fields import BranchCost, BundleError, _need, _parse_cost
 from device.bundle.labels import Label, _parse_labels
 
 SCHEMA_VERSION = 1
@@ -115,15 +115,6 @@ class BranchInput:
     @property
     def window_s(self) -> float:
         return self.window_samples / self.sample_rate_hz
-
-
-@dataclass(frozen=True)
-class BranchCost:
-    """A branch's measured cost per analysis window (`branches[].cost`)."""
-
-    ms_1_thread: float
-    ms_2_threads: float
-    macs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -248,29 +239,6 @@ def _parse_context(raw: Any, where: str) -> tuple[str | None, tuple[str, ...], s
     if len(set(labels)) != len(labels):
         raise BundleError(f"{where}.labels: a name appears twice")
     return _need(raw, "name", str, where), tuple(labels), _activation(raw, where)
-
-
-_COST_KEYS = ("ms_1_thread", "ms_2_threads", "macs")
-
-
-def _parse_cost(raw: Any, where: str) -> BranchCost | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise BundleError(f"{where}: expected an object {{ms_1_thread, ms_2_threads, macs}}")
-    unknown = sorted(set(raw) - set(_COST_KEYS))
-    if unknown:
-        raise BundleError(f"{where}: unknown keys {unknown} (known: {list(_COST_KEYS)})")
-    times = []
-    for key in ("ms_1_thread", "ms_2_threads"):
-        value = raw.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise BundleError(f"{where}.{key}: {value!r} is not a positive number of milliseconds")
-        times.append(float(value))
-    macs = raw.get("macs")
-    if macs is not None and (isinstance(macs, bool) or not isinstance(macs, int) or macs < 0):
-        raise BundleError(f"{where}.macs: {macs!r} is not a non-negative integer or null")
-    return BranchCost(ms_1_thread=times[0], ms_2_threads=times[1], macs=macs)
 
 
 def _parse_front_end(raw: Any, where: str) -> FrontEnd | None:
